@@ -1,0 +1,340 @@
+"""Config discovery and validation: YAML files in a config tree → validated ``Dataset`` objects.
+
+Layout (the old Airflow trees, unchanged)::
+
+    <root>/databridge/<dept>/<table>.yml           id <dept>__<table>
+    <root>/knack/<carto_env>/<dept>/<table>.yml     id <dept>__<table>__<carto_env>
+    <root>/airtable/<dept>/<table>.yml             id <dept>__<table>
+
+Every key the old system used is accepted; new keys are optional. Every problem is reported as a
+``ConfigProblem`` naming the file, the key and the reason, and all problems of a tree are collected at once.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .schedule import ScheduleError, check_cron
+
+KINDS = ("databridge", "knack", "airtable")
+DEFAULT_CARTO_CONN = "carto_phl"
+# A table's shadow is "<table>__shadow" and identifiers stop at 63 bytes in PostgreSQL.
+MAX_TABLE_NAME = 63 - len("__shadow")
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_#$]*$")
+_CONN_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    path: str
+    key: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.key}: {self.reason}"
+
+
+class ConfigError(Exception):
+    """One or more config problems; ``str()`` lists every one, one per line."""
+
+    def __init__(self, problems: list[ConfigProblem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceOptions(_Strict):
+    conn: str | None = None
+    schema_: str | None = Field(default=None, alias="schema")
+    table: str | None = None
+    base: str | None = None  # Airtable base id
+
+
+class DestinationOptions(_Strict):
+    conn: str | None = None
+    table: str | None = None
+    schema_: str | None = Field(default=None, alias="schema")
+
+
+class GeometryOptions(_Strict):
+    column: str | None = None
+    srid: int | None = Field(default=None, gt=0)
+
+
+class DatasetFile(_Strict):
+    """The keys a dataset YAML file may hold."""
+
+    # The old system's keys, accepted unchanged.
+    schedule_interval: str | bool | None = None
+    upload_to_carto: bool = True
+    upload_to_ago: Any = None  # placeholder in the old system; ignored
+    carto_users: list[str] | None = None
+    indexes: list[str] = []
+    carto_conn_id: str | None = None
+    knack_object_id: int | None = Field(default=None, gt=0)
+    knack_conn_id: str | None = None
+    # New, optional keys.
+    enabled: bool = True
+    source: SourceOptions = SourceOptions()
+    destination: DestinationOptions = DestinationOptions()
+    geometry: GeometryOptions = GeometryOptions()
+    allow_empty: bool = False
+    row_count_tolerance: float = Field(default=0.15, ge=0)
+    timezone: str = "America/New_York"
+    schema_override: str | None = None
+
+    @field_validator("schedule_interval")
+    @classmethod
+    def _cron(cls, value: str | bool | None) -> str | bool | None:
+        if value is True:
+            raise ValueError("must be a cron expression, or false/null for a manual dataset")
+        if isinstance(value, str):
+            if value.strip().lower() in ("none", "null", "false", ""):
+                raise ValueError(f"{value!r} is a string; write false (or null) unquoted for a manual dataset")
+            try:
+                check_cron(value)
+            except ScheduleError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("indexes")
+    @classmethod
+    def _indexes(cls, value: list[str]) -> list[str]:
+        for index in value:
+            for column in str(index).split("+"):
+                if not _COLUMN.match(column):
+                    raise ValueError(f"{index!r} is not a column name or a composite 'a+b' of column names")
+        return value
+
+    @field_validator("carto_users")
+    @classmethod
+    def _users(cls, value: list[str] | None) -> list[str] | None:
+        for user in value or []:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_-]*$", str(user)):
+                raise ValueError(f"{user!r} is not a role name")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as America/New_York)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _users_required_for_carto(self) -> "DatasetFile":
+        if self.upload_to_carto and self.carto_users is None:
+            raise ValueError("carto_users is required when upload_to_carto is true (use [] for no grants)")
+        return self
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One validated dataset: where it comes from, when it is due and where it is published."""
+
+    id: str
+    kind: Literal["databridge", "knack", "airtable"]
+    dept: str
+    table: str
+    path: str
+    schedule: str | None
+    publish: bool  # False: stage only (the old "upload_to_carto: false")
+    enabled: bool
+    source_conn: str
+    source_schema: str | None
+    source_table: str
+    dest_conn: str
+    dest_table: str
+    dest_schema: str | None
+    grants: tuple[str, ...]
+    indexes: tuple[str, ...]
+    geometry_column: str | None
+    geometry_srid: int | None
+    allow_empty: bool
+    row_count_tolerance: float
+    timezone: str
+    schema_override: str | None
+    carto_env: str | None = None
+    knack_object_id: int | None = None
+    airtable_base: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def staging_segment(self) -> str:
+        """The old system's S3 'schema' segment: ``<dept>`` or ``<dept>_test`` for a test Knack app."""
+        if self.kind == "knack" and "test" in self.source_conn:
+            return f"{self.dept}_test"
+        return self.dept
+
+
+def default_config_dir() -> Path:
+    return Path(os.environ.get("DATABRIDGE_CONFIG_DIR", "configs"))
+
+
+def load_datasets(root: str | os.PathLike[str], default_carto_conn: str = DEFAULT_CARTO_CONN) -> tuple[list[Dataset], list[ConfigProblem]]:
+    """Discover and validate every dataset under ``root``; return the datasets and all problems found."""
+    root = Path(root)
+    datasets: list[Dataset] = []
+    problems: list[ConfigProblem] = []
+    if not root.is_dir():
+        return [], [ConfigProblem(str(root), "-", "config directory does not exist")]
+    seen: dict[str, str] = {}
+    for path in sorted(_config_files(root)):
+        try:
+            dataset = _load_file(root, path, default_carto_conn)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        if dataset.id in seen:
+            problems.append(ConfigProblem(str(path), "-", f"duplicate dataset id {dataset.id!r} (also {seen[dataset.id]})"))
+            continue
+        seen[dataset.id] = str(path)
+        datasets.append(dataset)
+    return datasets, problems
+
+
+def _config_files(root: Path) -> list[Path]:
+    return [p for kind in KINDS for p in (root / kind).rglob("*") if p.suffix in (".yml", ".yaml") and p.is_file()]
+
+
+def _load_file(root: Path, path: Path, default_carto_conn: str) -> Dataset:
+    where = str(path)
+    kind, *parts = path.relative_to(root).parts
+    expected_depth = 3 if kind == "knack" else 2
+    if len(parts) != expected_depth:
+        layout = "knack/<carto_env>/<dept>/<table>.yml" if kind == "knack" else f"{kind}/<dept>/<table>.yml"
+        raise ConfigError([ConfigProblem(where, "-", f"file is not at {layout}")])
+    table = path.name.split(".", 1)[0]
+    env, dept = (parts[0], parts[1]) if kind == "knack" else (None, parts[0])
+    raw = _read_yaml(path)
+    try:
+        spec = DatasetFile.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError([_problem(where, error) for error in exc.errors()]) from None
+    return _build_dataset(where, kind, dept, table, env, spec, default_carto_conn)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "-"
+        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([ConfigProblem(str(path), at, f"YAML syntax error: {reason}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([ConfigProblem(str(path), "-", "file is not UTF-8 text")]) from None
+    if raw is None:
+        raise ConfigError([ConfigProblem(str(path), "-", "file is empty")])
+    if not isinstance(raw, dict):
+        raise ConfigError([ConfigProblem(str(path), "-", f"must be a mapping of keys, got {type(raw).__name__}")])
+    return raw
+
+
+def _problem(path: str, error: dict[str, Any]) -> ConfigProblem:
+    key = ".".join(str(part) for part in error["loc"]) or "-"
+    if error["type"] == "extra_forbidden":
+        field_name = str(error["loc"][-1])
+        model = DatasetFile
+        for part in error["loc"][:-1]:
+            annotation = model.model_fields.get(str(part))
+            model = annotation.annotation if annotation else model  # type: ignore[assignment]
+        names = [f.alias or n for n, f in model.model_fields.items()] if isinstance(model, type) and issubclass(model, BaseModel) else []
+        close = difflib.get_close_matches(field_name, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return ConfigProblem(path, key, f"unknown key{hint}")
+    message = error["msg"].removeprefix("Value error, ")
+    return ConfigProblem(path, key, message)
+
+
+def _build_dataset(where: str, kind: str, dept: str, table: str, env: str | None, spec: DatasetFile, default_carto_conn: str) -> Dataset:
+    problems: list[ConfigProblem] = []
+    dest_table = spec.destination.table or table
+    for key, name in (("file name", table), ("destination.table", dest_table)):
+        if not _IDENTIFIER.match(name) or len(name) > MAX_TABLE_NAME:
+            problems.append(ConfigProblem(where, key, f"table name {name!r} must be lower-case letters, digits and _ (at most {MAX_TABLE_NAME} characters)"))
+    if not re.match(r"^[a-z0-9_]+$", dept):
+        problems.append(ConfigProblem(where, "directory", f"department {dept!r} must be lower-case letters, digits and _"))
+    if kind == "knack" and spec.knack_object_id is None:
+        problems.append(ConfigProblem(where, "knack_object_id", "required for a Knack dataset"))
+    if kind != "knack" and (spec.knack_object_id is not None or spec.knack_conn_id is not None):
+        problems.append(ConfigProblem(where, "knack_object_id", "only Knack datasets (under knack/) take Knack keys"))
+    if kind == "airtable" and not spec.source.base:
+        problems.append(ConfigProblem(where, "source.base", "required for an Airtable dataset (the base id, app…)"))
+    source_conn = spec.knack_conn_id or spec.source.conn or {"databridge": "databridge", "knack": "knack", "airtable": "airtable"}[kind]
+    dest_conn = spec.destination.conn or spec.carto_conn_id or (env if kind == "knack" else None) or default_carto_conn
+    for key, conn in (("source.conn", source_conn), ("destination.conn", dest_conn)):
+        if not _CONN_NAME.match(conn):
+            problems.append(ConfigProblem(where, key, f"connection name {conn!r} must start with a letter and hold only letters, digits, _ . -"))
+    if spec.schema_override and not (Path(where).parent / spec.schema_override).is_file():
+        problems.append(ConfigProblem(where, "schema_override", f"file {spec.schema_override!r} not found next to the config"))
+    if problems:
+        raise ConfigError(problems)
+    suffix = f"__{env}" if kind == "knack" else ""
+    schedule = spec.schedule_interval if isinstance(spec.schedule_interval, str) else None
+    return Dataset(
+        id=f"{dept}__{table}{suffix}",
+        kind=kind,  # type: ignore[arg-type]
+        dept=dept,
+        table=table,
+        path=where,
+        schedule=schedule,
+        publish=spec.upload_to_carto,
+        enabled=spec.enabled,
+        source_conn=source_conn,
+        source_schema=spec.source.schema_ or (f"gis_{dept}" if kind == "databridge" else None),
+        source_table=spec.source.table or table,
+        dest_conn=dest_conn,
+        dest_table=dest_table,
+        dest_schema=spec.destination.schema_,
+        grants=tuple(spec.carto_users or ()),
+        indexes=tuple(i.lower() for i in spec.indexes),
+        geometry_column=spec.geometry.column.lower() if spec.geometry.column else None,
+        geometry_srid=spec.geometry.srid,
+        allow_empty=spec.allow_empty,
+        row_count_tolerance=spec.row_count_tolerance,
+        timezone=spec.timezone,
+        schema_override=str(Path(where).parent / spec.schema_override) if spec.schema_override else None,
+        carto_env=env,
+        knack_object_id=spec.knack_object_id,
+        airtable_base=spec.source.base,
+    )
+
+
+class Registry:
+    """The datasets of one config tree, loaded once; unknown ids and invalid trees raise clear errors."""
+
+    def __init__(self, root: str | os.PathLike[str], default_carto_conn: str = DEFAULT_CARTO_CONN):
+        self.root = Path(root)
+        datasets, problems = load_datasets(self.root, default_carto_conn)
+        if problems:
+            raise ConfigError(problems)
+        self._by_id = {d.id: d for d in datasets}
+
+    def __iter__(self):
+        return iter(self._by_id.values())
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def get(self, dataset_id: str) -> Dataset:
+        try:
+            return self._by_id[dataset_id]
+        except KeyError:
+            close = difflib.get_close_matches(dataset_id, list(self._by_id), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise KeyError(f"no dataset {dataset_id!r} in {self.root}{hint}") from None

@@ -1,0 +1,190 @@
+"""The load protocol (DESIGN §3), written once for every transport.
+
+shadow table → COPY from staging → verify (count, empty, drift) → transport's finishing (CARTO:
+cartodbfy + VACUUM) → ONE transaction: swap shadow into place, re-create dependent views, grants, marker →
+indexes (idempotent, one statement each). Anything that fails before the swap drops the shadow and leaves
+the live table exactly as it was; a crashed run's shadow is dropped by the next run.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..config import Dataset
+from ..schema import TableSchema
+from ..staging import StagedTable
+from . import sql
+
+log = logging.getLogger(__name__)
+
+# Below this many live rows a table is "small" and drift is judged leniently (±200%, as the City's later checks did).
+SMALL_TABLE_ROWS = 50
+SMALL_TABLE_TOLERANCE = 2.0
+
+
+class LoadError(RuntimeError):
+    """A load that stopped before the swap; the live table is unchanged."""
+
+
+class Transport(Protocol):
+    """How SQL reaches a destination: a direct PostGIS connection or CARTO's HTTP APIs."""
+
+    name: str
+    default_schema: str
+
+    def query(self, statement: str) -> list[dict[str, Any]]: ...
+    def transaction(self, statements: list[str]) -> None: ...
+    def copy_in(self, copy_statement: str, staged: StagedTable) -> int: ...
+    def finish_shadow(self, schema: str, shadow: str, table_schema: TableSchema) -> None: ...
+    def post_swap(self, schema: str, table: str, table_schema: TableSchema, dataset: Dataset) -> None: ...
+    def index_columns(self, dataset: Dataset, table_schema: TableSchema) -> list[list[str]]: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    dataset_id: str
+    version: str
+    table: str
+    rows: int
+    rewritten: bool
+    seconds: float
+
+
+Status = Callable[[str], None]
+
+
+class Loader:
+    """Publishes one staged version of one dataset through a transport."""
+
+    def __init__(self, dataset: Dataset, transport: Transport, status: Status = lambda message: None):
+        self.dataset, self.transport, self.status = dataset, transport, status
+        self.schema = dataset.dest_schema or transport.default_schema
+        self.table = dataset.dest_table
+        self.shadow = sql.shadow_name(self.table)
+
+    def where(self) -> str:
+        return f"{self.transport.name}:{self.schema}.{self.table}"
+
+    # --- completion -------------------------------------------------------------------------------------
+
+    def is_published(self, version: str) -> bool:
+        if not self._exists(sql.MARKER_TABLE):
+            return False
+        return bool(self.transport.query(sql.marker_lookup(self.schema, self.dataset.id, version, self.table)))
+
+    # --- the protocol -----------------------------------------------------------------------------------
+
+    def load(self, staged: StagedTable, force: bool = False) -> LoadResult:
+        started = time.monotonic()
+        manifest, table_schema = staged.manifest(), staged.schema()
+        self.transport.query(sql.create_marker_table(self.schema))
+        if not force and self._unchanged(manifest.sha256):
+            self._record(manifest.version, manifest.sha256, manifest.rows, rewritten=False)
+            log.info("%s: data unchanged since the last publish (sha256 %s…); recorded version %s without rewriting %s",
+                     self.dataset.id, manifest.sha256[:12], manifest.version, self.where())
+            return LoadResult(self.dataset.id, manifest.version, self.table, manifest.rows, False, time.monotonic() - started)
+        self._drop_shadow()  # a crashed run's leftover
+        try:
+            self._build_shadow(staged, table_schema, manifest.rows)
+            self.status(f"swapping {self.where()}")
+            self._swap(manifest.version, manifest.sha256, manifest.rows)
+        except BaseException:
+            self._drop_shadow_quietly()
+            raise
+        self._indexes(table_schema)
+        self.transport.post_swap(self.schema, self.table, table_schema, self.dataset)
+        elapsed = time.monotonic() - started
+        log.info("%s: published %d rows to %s as version %s in %.1fs", self.dataset.id, manifest.rows, self.where(), manifest.version, elapsed)
+        return LoadResult(self.dataset.id, manifest.version, self.table, manifest.rows, True, elapsed)
+
+    def _build_shadow(self, staged: StagedTable, table_schema: TableSchema, expected: int) -> None:
+        self.status(f"creating {self.shadow}")
+        self.transport.query(sql.create_table(self.schema, self.shadow, table_schema))
+        self.status(f"copying {expected} rows into {self.shadow}")
+        copied = self.transport.copy_in(sql.copy_from_stdin(self.schema, self.shadow, table_schema.names), staged)
+        counted = self._count(self.shadow)
+        if not (copied == counted == expected):
+            raise LoadError(f"{self.dataset.id}: row count mismatch loading {self.where()}: staged {expected}, copied {copied}, in table {counted}")
+        self._check_rows(counted)
+        self.status(f"finishing {self.shadow}")
+        self.transport.finish_shadow(self.schema, self.shadow, table_schema)
+
+    def _check_rows(self, new_rows: int) -> None:
+        if new_rows == 0 and not self.dataset.allow_empty:
+            raise LoadError(f"{self.dataset.id}: refusing to replace {self.where()} with an empty table (set allow_empty: true)")
+        if not self._exists(self.table):
+            return
+        live = self._count(self.table)
+        if live == 0:
+            return
+        tolerance = SMALL_TABLE_TOLERANCE if live < SMALL_TABLE_ROWS else self.dataset.row_count_tolerance
+        change = (new_rows - live) / live
+        if abs(change) > tolerance:
+            raise LoadError(
+                f"{self.dataset.id}: row count would change from {live} to {new_rows} ({change:+.1%}), beyond the "
+                f"±{tolerance:.0%} tolerance for {self.where()}; if this is expected, raise row_count_tolerance in {self.dataset.path}"
+            )
+
+    def _swap(self, version: str, fingerprint: str, rows: int) -> None:
+        views = self.transport.query(sql.dependent_views(self.schema, self.table)) if self._exists(self.table) else []
+        statements = [f"DROP {'MATERIALIZED VIEW' if v['kind'] == 'm' else 'VIEW'} {sql.qualified(v['view_schema'], v['view_name'])}" for v in views]
+        statements += [
+            f"DROP TABLE IF EXISTS {sql.qualified(self.schema, self.table)}",
+            f"ALTER TABLE {sql.qualified(self.schema, self.shadow)} RENAME TO {sql.ident(self.table)}",
+        ]
+        for view in views:  # views keep working on the new table; if one no longer fits, the whole swap rolls back
+            kind = "MATERIALIZED VIEW" if view["kind"] == "m" else "VIEW"
+            name = sql.qualified(view["view_schema"], view["view_name"])
+            statements.append(f"CREATE {kind} {name} AS {view['definition'].rstrip().rstrip(';')}")
+            statements += [f"GRANT SELECT ON {name} TO {sql.ident(g)}" for g in (view["grantees"] or "").split(",") if g]
+        statements += [f"GRANT SELECT ON {sql.qualified(self.schema, self.table)} TO {sql.ident(user)}" for user in self.dataset.grants]
+        statements.append(sql.insert_marker(self.schema, self.dataset.id, version, self.table, fingerprint, rows, True))
+        if views:
+            log.info("%s: re-creating dependent views %s on the new table", self.dataset.id, ", ".join(v["view_name"] for v in views))
+        try:
+            self.transport.transaction(statements)
+        except Exception as exc:
+            if views:
+                names = ", ".join(f"{v['view_schema']}.{v['view_name']}" for v in views)
+                raise LoadError(f"{self.dataset.id}: swap of {self.where()} rolled back; dependent views ({names}) could not be re-created on the new table: {exc}") from exc
+            raise
+
+    def _indexes(self, table_schema: TableSchema) -> None:
+        for columns in self.transport.index_columns(self.dataset, table_schema):
+            missing = [c for c in columns if c not in table_schema.names and c not in ("the_geom", "the_geom_webmercator", "cartodb_id")]
+            if missing:
+                log.warning("%s: index %s skipped: no column %s in %s", self.dataset.id, "+".join(columns), missing, self.where())
+                continue
+            self.status(f"indexing {self.table} ({'+'.join(columns)})")
+            method = "gist" if any(c == (table_schema.geometry.name if table_schema.geometry else None) or c.startswith("the_geom") for c in columns) else "btree"
+            self.transport.query(sql.create_index(self.schema, self.table, columns, method))
+
+    # --- helpers ----------------------------------------------------------------------------------------
+
+    def _unchanged(self, fingerprint: str) -> bool:
+        if not self._exists(self.table):
+            return False
+        rows = self.transport.query(sql.latest_marker(self.schema, self.dataset.id, self.table))
+        return bool(rows) and rows[0]["fingerprint"] == fingerprint
+
+    def _record(self, version: str, fingerprint: str, rows: int, rewritten: bool) -> None:
+        self.transport.query(sql.insert_marker(self.schema, self.dataset.id, version, self.table, fingerprint, rows, rewritten))
+
+    def _exists(self, table: str) -> bool:
+        return bool(self.transport.query(sql.table_exists(self.schema, table))[0]["present"])
+
+    def _count(self, table: str) -> int:
+        return int(self.transport.query(sql.count_rows(self.schema, table))[0]["n"])
+
+    def _drop_shadow(self) -> None:
+        self.transport.query(f"DROP TABLE IF EXISTS {sql.qualified(self.schema, self.shadow)}")
+
+    def _drop_shadow_quietly(self) -> None:
+        try:
+            self._drop_shadow()
+        except Exception as exc:  # the next run drops it; the original error matters more
+            log.warning("%s: could not drop %s after a failed load (the next run will): %s", self.dataset.id, self.shadow, exc)

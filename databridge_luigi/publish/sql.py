@@ -1,0 +1,122 @@
+"""SQL text shared by both transports. CARTO's SQL API takes no bind parameters, so every statement is
+built here from quoted identifiers and quoted literals — and only here."""
+from __future__ import annotations
+
+from ..schema import TableSchema
+
+MARKER_TABLE = "databridge_luigi_publications"
+
+
+def ident(name: str) -> str:
+    """A double-quoted identifier (embedded quotes doubled): safe for any name."""
+    if "\x00" in name:
+        raise ValueError("identifier contains a NUL byte")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def literal(value: str | int | None) -> str:
+    """A SQL literal: NULL, an integer, or a single-quoted string (standard_conforming_strings is on)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if "\x00" in value:
+        raise ValueError("literal contains a NUL byte")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def qualified(schema: str, table: str) -> str:
+    return f"{ident(schema)}.{ident(table)}"
+
+
+def shadow_name(table: str) -> str:
+    return f"{table}__shadow"
+
+
+def create_table(schema: str, table: str, columns: TableSchema) -> str:
+    body = ", ".join(f"{ident(c.name)} {c.pg_type()}" for c in columns.columns)
+    return f"CREATE TABLE {qualified(schema, table)} ({body})"
+
+
+def copy_from_stdin(schema: str, table: str, names: list[str]) -> str:
+    cols = ", ".join(ident(n) for n in names)
+    return f"COPY {qualified(schema, table)} ({cols}) FROM STDIN WITH (FORMAT csv, HEADER true)"
+
+
+def create_marker_table(schema: str) -> str:
+    return (
+        f"CREATE TABLE IF NOT EXISTS {qualified(schema, MARKER_TABLE)} ("
+        "dataset_id text NOT NULL, version text NOT NULL, table_name text NOT NULL, fingerprint text NOT NULL, "
+        "row_count bigint NOT NULL, rewritten boolean NOT NULL, published_at timestamptz NOT NULL DEFAULT now(), "
+        "PRIMARY KEY (dataset_id, version))"
+    )
+
+
+def insert_marker(schema: str, dataset_id: str, version: str, table: str, fingerprint: str, rows: int, rewritten: bool) -> str:
+    values = ", ".join([literal(dataset_id), literal(version), literal(table), literal(fingerprint), literal(rows), literal(rewritten)])
+    return (
+        f"INSERT INTO {qualified(schema, MARKER_TABLE)} (dataset_id, version, table_name, fingerprint, row_count, rewritten) "
+        f"VALUES ({values}) ON CONFLICT (dataset_id, version) DO NOTHING"
+    )
+
+
+def marker_lookup(schema: str, dataset_id: str, version: str, table: str) -> str:
+    """One row if the version is published and its table is still there."""
+    return (
+        f"SELECT 1 FROM {qualified(schema, MARKER_TABLE)} WHERE dataset_id = {literal(dataset_id)} "
+        f"AND version = {literal(version)} AND to_regclass({literal(qualified(schema, table))}) IS NOT NULL"
+    )
+
+
+def latest_marker(schema: str, dataset_id: str, table: str) -> str:
+    return (
+        f"SELECT version, fingerprint, row_count FROM {qualified(schema, MARKER_TABLE)} "
+        f"WHERE dataset_id = {literal(dataset_id)} AND table_name = {literal(table)} "
+        "ORDER BY published_at DESC, version DESC LIMIT 1"
+    )
+
+
+def all_markers(schema: str) -> str:
+    """Every published (dataset, version) whose table still exists: one query answers every target."""
+    return (
+        f"SELECT dataset_id, version FROM {qualified(schema, MARKER_TABLE)} m "
+        f"WHERE to_regclass(quote_ident({literal(schema)}) || '.' || quote_ident(m.table_name)) IS NOT NULL"
+    )
+
+
+def table_exists(schema: str, table: str) -> str:
+    return f"SELECT to_regclass({literal(qualified(schema, table))}) IS NOT NULL AS present"
+
+
+def count_rows(schema: str, table: str) -> str:
+    return f"SELECT count(*) AS n FROM {qualified(schema, table)}"
+
+
+def dependent_views(schema: str, table: str) -> str:
+    """Views (and materialized views) that read the table directly, with their definitions and SELECT grantees."""
+    return (
+        "SELECT DISTINCT n.nspname AS view_schema, v.relname AS view_name, v.relkind::text AS kind, "
+        "pg_get_viewdef(v.oid) AS definition, "
+        "(SELECT string_agg(DISTINCT g.grantee::regrole::text, ',') FROM aclexplode(v.relacl) g "
+        " WHERE g.privilege_type = 'SELECT' AND g.grantee <> v.relowner AND g.grantee <> 0) AS grantees "
+        "FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class "
+        "JOIN pg_namespace n ON n.oid = v.relnamespace "
+        f"WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = to_regclass({literal(qualified(schema, table))}) "
+        "AND v.oid <> d.refobjid"
+    )
+
+
+def index_name(table: str, columns: list[str]) -> str:
+    name = f"{table}_{'_'.join(columns)}"
+    if len(name.encode()) <= 63:
+        return name
+    import hashlib
+
+    return f"{name[:50]}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+def create_index(schema: str, table: str, columns: list[str], method: str = "btree") -> str:
+    cols = ", ".join(ident(c) for c in columns)
+    return f"CREATE INDEX IF NOT EXISTS {ident(index_name(table, columns))} ON {qualified(schema, table)} USING {method} ({cols})"

@@ -1,0 +1,182 @@
+"""Luigi tasks: thin wiring of config → source → staging → publish.
+
+    PublishAll ──► Publish(dataset) ──► Load(dataset, version) ──► Extract(dataset, version)
+
+Task parameters are only dataset ids, versions and flags — never connection details — so nothing secret
+reaches luigid. Each Load holds one slot of the resource ``destination_<conn>`` (luigi.cfg ``[resources]``;
+one load at a time per destination unless raised), like the old system's one-slot ``carto`` pool.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from functools import lru_cache
+
+import luigi
+
+from .config import Dataset, Registry, default_config_dir
+from .connections import redact, redacted_traceback, resolve
+from .publish import transports
+from .publish.protocol import Loader
+from .schedule import due_version, forced_version, parse_version
+from .staging import StagedTable, open_store
+from .targets import PublishedTableTarget, StagedTableTarget, published_versions
+
+log = logging.getLogger("databridge_luigi")
+
+
+class databridge(luigi.Config):
+    """The ``[databridge]`` section of luigi.cfg."""
+
+    config_dir = luigi.Parameter(default="", description="config tree; default env DATABRIDGE_CONFIG_DIR or ./configs")
+    default_carto_conn = luigi.Parameter(default="carto_phl")
+    staging = luigi.Parameter(default="", description="s3://bucket/prefix or a directory; default env DATABRIDGE_STAGING")
+
+
+@lru_cache(maxsize=4)
+def _registry(config_dir: str, default_carto_conn: str) -> Registry:
+    return Registry(config_dir, default_carto_conn)
+
+
+def registry() -> Registry:
+    settings = databridge()
+    return _registry(str(settings.config_dir or default_config_dir()), str(settings.default_carto_conn))
+
+
+def staged_table(dataset_id: str, version: str) -> StagedTable:
+    return StagedTable(open_store(str(databridge().staging) or None), dataset_id, version)
+
+
+class DatasetTask(luigi.Task):
+    """A task about one version of one dataset."""
+
+    dataset_id = luigi.Parameter(description="e.g. lni__violations")
+    version = luigi.Parameter(description="e.g. 20261124T110400Z")
+
+    _last_status = 0.0
+
+    @property
+    def dataset(self) -> Dataset:
+        return registry().get(str(self.dataset_id))
+
+    def status(self, message: str, percent: float | None = None, force: bool = True) -> None:
+        """Show progress in luigid; throttled because every update is an RPC."""
+        now = time.monotonic()
+        if not force and now - self._last_status < 2.0:
+            return
+        self._last_status = now
+        self.set_status_message(redact(message))
+        if percent is not None:
+            self.set_progress_percentage(min(100, round(percent)))
+
+    def on_failure(self, exception: BaseException) -> str:
+        # What luigid shows and stores: redacted, like every log line.
+        return redacted_traceback(exception)
+
+
+class Extract(DatasetTask):
+    """Source → staged table (data.csv.gz, schema.json, manifest.json)."""
+
+    def output(self) -> StagedTableTarget:
+        return StagedTableTarget(staged_table(str(self.dataset_id), str(self.version)))
+
+    def run(self) -> None:
+        from .sources import extract  # sources import their drivers lazily
+
+        dataset = self.dataset
+        staged = self.output().staged
+        self.status(f"extracting from {dataset.source_conn}")
+        manifest = extract(dataset, resolve(dataset.source_conn), staged, progress=self._progress)
+        self.status(f"staged {manifest.rows} rows at {staged.describe()}", 100)
+
+    def _progress(self, rows: int, total: int | None = None) -> None:
+        percent = 100.0 * rows / total if total else None
+        self.status(f"extracted {rows}{f' of {total}' if total else ''} rows", percent, force=False)
+
+
+class Load(DatasetTask):
+    """Staged table → live destination table, by the load protocol."""
+
+    force = luigi.BoolParameter(default=False, description="rewrite the table even if the data is unchanged")
+
+    def requires(self) -> Extract:
+        return Extract(dataset_id=self.dataset_id, version=self.version)
+
+    @property
+    def resources(self) -> dict[str, int]:  # type: ignore[override]
+        return {f"destination_{self.dataset.dest_conn}": 1}
+
+    def output(self) -> PublishedTableTarget:
+        return PublishedTableTarget(self.dataset, str(self.version))
+
+    def run(self) -> None:
+        dataset = self.dataset
+        loader = Loader(dataset, transports.get(dataset.dest_conn), status=self.status)
+        try:
+            result = loader.load(self.input().staged, force=bool(self.force))
+        except BaseException:
+            transports.discard(dataset.dest_conn)  # a connection that failed mid-protocol is not reused
+            raise
+        verb = "published" if result.rewritten else "recorded (unchanged data)"
+        self.status(f"{verb} {result.rows} rows to {loader.where()} in {result.seconds:.1f}s", 100)
+
+
+class Publish(luigi.WrapperTask):
+    """Publish one dataset at its due version (scheduled), a given ``--version``, or now (``--force``)."""
+
+    dataset_id = luigi.Parameter()
+    force = luigi.BoolParameter(default=False, description="publish a new version now, even if the data is unchanged")
+    version = luigi.OptionalParameter(default=None, description="publish this version (manual datasets)")
+
+    @property
+    def resolved_version(self) -> str:
+        if not hasattr(self, "_resolved_version"):
+            self._resolved_version = self._pick_version()
+        return self._resolved_version
+
+    def _pick_version(self) -> str:
+        dataset = registry().get(str(self.dataset_id))
+        if self.version:
+            parse_version(str(self.version))
+            return str(self.version)
+        if self.force:
+            return forced_version()
+        version = due_version(dataset.schedule)
+        if version is None:
+            raise ValueError(f"{dataset.id} is a manual dataset (schedule_interval: false); publish it with --force or --version")
+        return version
+
+    def requires(self) -> luigi.Task:
+        dataset = registry().get(str(self.dataset_id))
+        if not dataset.publish:  # upload_to_carto: false — stage only, as the old S3-only DAGs did
+            return Extract(dataset_id=dataset.id, version=self.resolved_version)
+        return Load(dataset_id=dataset.id, version=self.resolved_version, force=bool(self.force))
+
+
+class PublishAll(luigi.WrapperTask):
+    """Publish every enabled, scheduled dataset whose due version is not yet published."""
+
+    def datasets(self) -> list[Dataset]:
+        return [d for d in registry() if d.enabled and d.schedule is not None]
+
+    def requires(self) -> list[Publish]:
+        return [Publish(dataset_id=d.id) for d in self.datasets()]
+
+    def complete(self) -> bool:
+        started = time.monotonic()
+        pending = [task for task in self.requires() if not task.complete()]
+        if not pending and not getattr(self, "_reported", False):
+            self._reported = True
+            skipped = [d.id for d in registry() if d.enabled and d.schedule is None]
+            log.info("PublishAll: nothing to do — all %d scheduled datasets are published at their due versions "
+                     "(%d manual datasets not scheduled; checked in %.2fs at %s)",
+                     len(self.datasets()), len(skipped), time.monotonic() - started,
+                     datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+        return not pending
+
+
+@luigi.Task.event_handler(luigi.Event.SUCCESS)
+def _forget_snapshot(task: luigi.Task) -> None:
+    if isinstance(task, Load):
+        published_versions.clear()

@@ -1,0 +1,40 @@
+"""Packaging for databridge-luigi. Ranges are compatible-release pins: new patch/minor releases flow in,
+breaking majors do not (see README "Dependencies" for why each one is here)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="databridge-luigi",
+    version="0.1.0",
+    description="Publish a city's open datasets (Databridge/Oracle, Knack, Airtable) to CARTO or PostGIS with Luigi",
+    python_requires=">=3.10,<3.14",
+    packages=find_packages(include=["databridge_luigi", "databridge_luigi.*"]),
+    package_data={"databridge_luigi": ["py.typed"]},
+    install_requires=[
+        "luigi>=3.8,<4",
+        "SQLAlchemy>=2.0,<2.2",
+        "psycopg[binary]>=3.2,<4",
+        "oracledb>=2.0,<27",
+        "boto3>=1.34,<2",
+        "pydantic>=2.6,<3",
+        "croniter>=6.0,<8",
+        "tenacity>=9.0,<10",
+        "PyYAML>=6.0,<7",
+        "requests>=2.32,<3",
+        "pyairtable>=3.0,<4",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8,<10",
+            "pytest-timeout>=2.3,<3",
+            "moto[server,s3,secretsmanager,batch]>=5.1,<6",
+            "werkzeug>=3.0,<4",
+            # Independent CARTO client used only to cross-check our CARTO emulator (DESIGN.md).
+            "carto==1.11.3",
+            "pyrestcli==0.6.11",
+            "six>=1.16",
+            "setuptools<82",
+        ],
+        "bench": ["dlt[postgres,sql_database]>=1.0,<2", "pyinstrument>=5,<6"],
+    },
+    entry_points={"console_scripts": ["databridge-luigi=databridge_luigi.cli:main"]},
+)

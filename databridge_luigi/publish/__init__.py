@@ -49,5 +49,9 @@ class TransportPool:
             except Exception:  # closing a broken connection must not mask the error that broke it
                 pass
 
+    def close_all(self) -> None:
+        for _, name in list(self._open):
+            self.discard(name)
+
 
 transports = TransportPool()

@@ -221,7 +221,7 @@ def _facility_specs(app_id: str, departments: list[dict[str, Any]]) -> list[_Spe
         display = "<br />".join(f'<span class="{d["id"]}">{html.escape(d["field_40"])}</span>' for d in linked)
         return display, [{"id": d["id"], "identifier": d["field_40"]} for d in linked]
 
-    def amenities(i: int) -> tuple[Any, Any] | None:
+    def amenities(i: int, rng: random.Random) -> tuple[Any, Any] | None:
         if i % 97 == 96:
             return "", [None]  # the documented empty multi-select quirk
         chosen = [a for k, a in enumerate(_AMENITIES) if (i >> k) & 1]
@@ -243,7 +243,8 @@ def _facility_specs(app_id: str, departments: list[dict[str, Any]]) -> list[_Spe
         return 2 + i % 7
 
     def facility_name(i: int) -> str:
-        return f"{_STREETS[i % len(_STREETS)].split(' ', 1)[-1]} {_KINDS[i % len(_KINDS)]} #{i + 1}"
+        street_name = _STREETS[i % len(_STREETS)].rsplit(" ", 1)[0]
+        return f"{street_name} {_KINDS[i % len(_KINDS)]} #{i + 1}"
 
     def same(value: Any) -> tuple[Any, Any]:
         return value, value

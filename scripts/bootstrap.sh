@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install what databridge-luigi needs on a fresh Debian/Ubuntu machine, idempotently:
+#   - PostGIS for the local PostgreSQL server (apt, when running as root), and a running server;
+#   - a virtualenv in .venv with the package and its test dependencies.
+# Sourced by scripts/demo.sh and scripts/test.sh; safe to run again.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+apt_install() {
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    [ -n "${_APT_UPDATED:-}" ] || { apt-get update -qq >/dev/null; _APT_UPDATED=1; }
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else
+    echo "bootstrap: please install: $*" >&2
+    return 1
+  fi
+}
+
+if ! command -v pg_config >/dev/null && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+  apt_install postgresql postgresql-contrib
+fi
+pg_major=$(ls /usr/lib/postgresql | sort -n | tail -1)
+if ! ls /usr/share/postgresql/"$pg_major"/extension/postgis.control >/dev/null 2>&1; then
+  apt_install "postgresql-$pg_major-postgis-3"
+fi
+# Tests and the demo use the machine's server on 127.0.0.1:5432 unless DATABRIDGE_TEST_PG_DSN says otherwise.
+if [ -z "${DATABRIDGE_TEST_PG_DSN:-}" ] && ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+  if command -v pg_ctlcluster >/dev/null; then
+    pg_ctlcluster --skip-systemctl-redirect "$pg_major" main start 2>/dev/null || pg_ctlcluster "$pg_major" main start
+  fi
+  for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import databridge_luigi, pytest, moto, werkzeug" >/dev/null 2>&1 || [ setup.py -nt .venv/.installed ]; then
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  touch .venv/.installed
+fi

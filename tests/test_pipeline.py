@@ -1,0 +1,183 @@
+"""End to end through real luigi: PostgreSQL source → local staging → PostGIS destination."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+import databridge_luigi.schedule as schedule
+from databridge_luigi.tasks import Publish, PublishAll
+from tests.conftest import create_postgis_database, drop_database, ensure_role
+from tests.pipeline import Pipeline, make_points_table
+
+DAILY = """\
+    schedule_interval: 4 11 * * *   # daily 11:04 UTC
+    upload_to_carto: true
+    upload_to_ago:
+    carto_users: [publicuser]
+    indexes: [address, code+opened]
+    """
+
+
+@pytest.fixture()
+def pipeline(tmp_path, monkeypatch, postgis_dsn):
+    ensure_role("publicuser")
+    dest = create_postgis_database("dbl_dest")
+    yield Pipeline(tmp_path, postgis_dsn, dest, monkeypatch)
+    drop_database(dest)
+
+
+def at(monkeypatch, moment: str) -> None:
+    """Pin the pipeline's clock (the cron evaluation) to ``moment`` (UTC)."""
+    fixed = datetime.fromisoformat(moment).replace(tzinfo=timezone.utc)
+    monkeypatch.setattr(schedule, "utc_now", lambda: fixed)
+
+
+def test_first_publish_then_rerun_is_a_no_op(pipeline, monkeypatch):
+    make_points_table(pipeline, "gis_lni", "violations", 300)
+    pipeline.config("lni__violations", DAILY)
+    at(monkeypatch, "2026-11-24T12:00:00")
+
+    first = pipeline.run(PublishAll())
+    assert first.ok, first.summary
+    assert pipeline.dest("SELECT count(*) FROM violations")[0][0] == 300
+    assert pipeline.markers("lni__violations") == [("20261124T110400Z", 300, True)]
+    assert pipeline.dest("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'violations'::regclass AND attname = 'shape'")[0][0] == "geometry(Point,2272)"
+    indexes = {row[0] for row in pipeline.dest("SELECT indexname FROM pg_indexes WHERE tablename = 'violations'")}
+    assert indexes == {"violations_address", "violations_code_opened", "violations_shape"}
+    assert pipeline.dest("SELECT has_table_privilege('publicuser', 'violations', 'SELECT')")[0][0] is True
+    oid = pipeline.table_oid("violations")
+
+    second = pipeline.run(PublishAll())
+    assert second.ok and second.did_nothing, second.summary
+    assert pipeline.table_oid("violations") == oid
+    assert len(pipeline.markers("lni__violations")) == 1
+
+
+def test_force_republishes_even_unchanged_data(pipeline, monkeypatch):
+    make_points_table(pipeline, "gis_lni", "violations", 120)
+    pipeline.config("lni__violations", DAILY)
+    at(monkeypatch, "2026-11-24T12:00:00")
+    assert pipeline.run(PublishAll()).ok
+    oid = pipeline.table_oid("violations")
+
+    at(monkeypatch, "2026-11-24T12:30:15")
+    forced = pipeline.run(Publish(dataset_id="lni__violations", force=True))
+    assert forced.ok, forced.summary
+    assert pipeline.table_oid("violations") != oid
+    assert pipeline.markers("lni__violations")[-1] == ("20261124T123015Z", 120, True)
+
+
+def test_schedule_rollover_publishes_the_next_version(pipeline, monkeypatch):
+    make_points_table(pipeline, "gis_lni", "violations", 100)
+    pipeline.config("lni__violations", DAILY)
+    at(monkeypatch, "2026-11-24T11:03:59")  # before today's fire time: yesterday's version is due
+    assert pipeline.run(PublishAll()).ok
+    at(monkeypatch, "2026-11-24T11:30:00")
+    assert pipeline.run(PublishAll()).did_nothing is False
+    pipeline.source("INSERT INTO gis_lni.violations SELECT 1000, 'x', 'C', now(), 1, NULL")
+    at(monkeypatch, "2026-11-25T11:04:00")  # exactly at the next fire time
+    rolled = pipeline.run(PublishAll())
+    assert rolled.ok, rolled.summary
+    assert [m[0] for m in pipeline.markers("lni__violations")] == ["20261123T110400Z", "20261124T110400Z", "20261125T110400Z"]
+    assert pipeline.dest("SELECT count(*) FROM violations")[0][0] == 101
+
+
+def test_unchanged_data_records_the_version_without_rewriting(pipeline, monkeypatch):
+    make_points_table(pipeline, "gis_lni", "violations", 80)
+    pipeline.config("lni__violations", DAILY)
+    at(monkeypatch, "2026-11-24T12:00:00")
+    assert pipeline.run(PublishAll()).ok
+    oid = pipeline.table_oid("violations")
+    at(monkeypatch, "2026-11-25T12:00:00")
+    assert pipeline.run(PublishAll()).ok
+    assert pipeline.table_oid("violations") == oid
+    assert pipeline.markers("lni__violations")[-1] == ("20261125T110400Z", 80, False)
+
+
+def test_manual_dataset_is_published_only_when_asked(pipeline, monkeypatch):
+    make_points_table(pipeline, "gis_dor", "rtt_summary", 60)
+    pipeline.config("dor__rtt_summary", "schedule_interval: false # manually triggered\nupload_to_carto: true\ncarto_users: [publicuser]\n")
+    assert pipeline.run(PublishAll()).did_nothing
+    assert pipeline.table_oid("rtt_summary") is None
+    refused = pipeline.run(Publish(dataset_id="dor__rtt_summary"))
+    assert not refused.ok
+    assert pipeline.run(Publish(dataset_id="dor__rtt_summary", version="20260101T000000Z")).ok
+    assert pipeline.markers("dor__rtt_summary") == [("20260101T000000Z", 60, True)]
+
+
+def test_stage_only_dataset_never_touches_the_destination(pipeline, monkeypatch, tmp_path):
+    make_points_table(pipeline, "gis_commerce", "koz_parcels", 25)
+    pipeline.config("commerce__koz_parcels", "schedule_interval: 0 1 * * *\nupload_to_carto: false\ncarto_users: [publicuser]\n")
+    at(monkeypatch, "2026-11-24T12:00:00")
+    assert pipeline.run(PublishAll()).ok
+    assert pipeline.table_oid("koz_parcels") is None
+    assert (tmp_path / "staging" / "commerce__koz_parcels" / "20261124T010000Z" / "manifest.json").is_file()
+
+
+def test_failed_copy_leaves_the_live_table_byte_for_byte(pipeline, monkeypatch, tmp_path):
+    make_points_table(pipeline, "gis_lni", "violations", 400)
+    config = pipeline.config("lni__violations", DAILY)
+    at(monkeypatch, "2026-11-24T12:00:00")
+    assert pipeline.run(PublishAll()).ok
+    before = pipeline.table_digest("violations")
+    # Make the staged data fail COPY half-way: the schema says integer, row 301 on holds text.
+    pipeline.source("UPDATE gis_lni.violations SET code = CASE WHEN objectid > 300 THEN 'not a number' ELSE objectid::text END")
+    (config.parent / "violations.schema.json").write_text('{"fields": [{"name": "code", "type": "integer"}]}')
+    config.write_text(config.read_text() + "schema_override: violations.schema.json\n")
+    at(monkeypatch, "2026-11-25T12:00:00")
+    failed = pipeline.run(PublishAll())
+    assert not failed.ok
+    assert pipeline.table_digest("violations") == before
+    assert pipeline.table_oid("violations__shadow") is None
+    assert [m[0] for m in pipeline.markers("lni__violations")] == ["20261124T110400Z"]
+
+
+def test_empty_source_is_refused_unless_allowed(pipeline, monkeypatch):
+    make_points_table(pipeline, "gis_lni", "permits", 0)
+    config = pipeline.config("lni__permits", DAILY)
+    at(monkeypatch, "2026-11-24T12:00:00")
+    assert not pipeline.run(PublishAll()).ok
+    assert pipeline.table_oid("permits") is None
+    config.write_text(config.read_text() + "allow_empty: true\n")
+    assert pipeline.run(PublishAll()).ok
+    assert pipeline.dest("SELECT count(*) FROM permits")[0][0] == 0
+
+
+def test_drift_beyond_tolerance_is_refused(pipeline, monkeypatch):
+    make_points_table(pipeline, "gis_lni", "violations", 200)
+    pipeline.config("lni__violations", DAILY)
+    at(monkeypatch, "2026-11-24T12:00:00")
+    assert pipeline.run(PublishAll()).ok
+    pipeline.source("DELETE FROM gis_lni.violations WHERE objectid > 100")  # -50%
+    at(monkeypatch, "2026-11-25T12:00:00")
+    assert not pipeline.run(PublishAll()).ok
+    assert pipeline.dest("SELECT count(*) FROM violations")[0][0] == 200
+
+
+def test_dependent_view_survives_the_swap(pipeline, monkeypatch):
+    make_points_table(pipeline, "gis_lni", "violations", 100)
+    pipeline.config("lni__violations", DAILY)
+    at(monkeypatch, "2026-11-24T12:00:00")
+    assert pipeline.run(PublishAll()).ok
+    pipeline.dest("CREATE VIEW open_violations AS SELECT objectid, address FROM violations WHERE code <> 'C0'")
+    pipeline.dest("GRANT SELECT ON open_violations TO publicuser")
+    pipeline.source("UPDATE gis_lni.violations SET address = 'new ' || address")
+    at(monkeypatch, "2026-11-25T12:00:00")
+    assert pipeline.run(PublishAll()).ok
+    assert pipeline.dest("SELECT count(*) FROM open_violations WHERE address LIKE 'new %'")[0][0] > 0
+    assert pipeline.dest("SELECT has_table_privilege('publicuser', 'open_violations', 'SELECT')")[0][0] is True
+
+
+def test_view_that_no_longer_fits_rolls_the_swap_back(pipeline, monkeypatch):
+    make_points_table(pipeline, "gis_lni", "violations", 100)
+    pipeline.config("lni__violations", DAILY)
+    at(monkeypatch, "2026-11-24T12:00:00")
+    assert pipeline.run(PublishAll()).ok
+    pipeline.dest("CREATE VIEW codes AS SELECT code FROM violations")
+    before = pipeline.table_digest("violations")
+    pipeline.source("ALTER TABLE gis_lni.violations DROP COLUMN code")
+    at(monkeypatch, "2026-11-25T12:00:00")
+    assert not pipeline.run(PublishAll()).ok
+    assert pipeline.table_digest("violations") == before
+    assert pipeline.dest("SELECT count(*) FROM codes")[0][0] == 100

@@ -7,7 +7,6 @@ parts (or a temp file renamed into place on disk).
 """
 from __future__ import annotations
 
-import csv
 import gzip
 import hashlib
 import io
@@ -318,36 +317,23 @@ class StagedTableWriter:
         self.rows = 0
         self._counter = _CountingWriter(stream)
         self._gzip = gzip.GzipFile(fileobj=self._counter, mode="wb", compresslevel=GZIP_LEVEL, mtime=0)
-        self._text = io.StringIO()
-        self._csv = csv.writer(self._text, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
         self.columns: list[str] = []
         self.finished = False
 
     def write_header(self, names: Sequence[str]) -> None:
         self.columns = list(names)
-        self._csv.writerow(names)
-        self._flush_text()
+        self._write(_csv_line(names).encode("utf-8"))
 
     def write_rows(self, rows: Iterable[Sequence[str | None]]) -> None:
         """Rows of text values (None = NULL); call repeatedly with batches."""
-        before = self._text.tell()
-        count = 0
-        for row in rows:
-            self._csv.writerow(row)
-            count += 1
-        self.rows += count
-        if self._text.tell() - before or count:
-            self._flush_text()
+        lines = [_csv_line(row) for row in rows]
+        self.rows += len(lines)
+        if lines:
+            self._write("".join(lines).encode("utf-8"))
 
     def write_csv(self, chunk: bytes) -> None:
         """Raw CSV bytes from a source that produces CSV itself (PostgreSQL COPY); the caller sets ``rows``."""
         self._write(chunk)
-
-    def _flush_text(self) -> None:
-        data = self._text.getvalue().encode("utf-8")
-        self._text.seek(0)
-        self._text.truncate()
-        self._write(data)
 
     def _write(self, data: bytes) -> None:
         self._sha.update(data)
@@ -380,6 +366,12 @@ class StagedTableWriter:
             self._gzip.close()
         finally:
             self._stream.abort()
+
+
+def _csv_line(values: Sequence[str | None]) -> str:
+    """One CSV line as PostgreSQL's COPY reads it: every value quoted, NULL as an unquoted empty field.
+    (The csv module cannot tell NULL from '' here: it writes None as "" when quoting non-numerics.)"""
+    return ",".join("" if v is None else '"' + v.replace('"', '""') + '"' for v in values) + "\n"
 
 
 class _CountingWriter(io.RawIOBase):

@@ -148,6 +148,19 @@ LANGUAGE sql STABLE AS $fn$
         WHERE i.indrelid = reloid AND i.indnatts = 1 AND a.attname = colname AND am.amname = method);
 $fn$;
 
+-- Drops the webmercator trigger if present (checked first so no "does not exist" NOTICE reaches the
+-- SQL API's "notices").
+CREATE OR REPLACE FUNCTION public._CDB_drop_webmercator_trigger(reloid regclass)
+RETURNS void
+LANGUAGE plpgsql VOLATILE AS $fn$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_trigger
+               WHERE tgrelid = reloid AND tgname = 'update_the_geom_webmercator_trigger') THEN
+        EXECUTE format('DROP TRIGGER update_the_geom_webmercator_trigger ON %s', reloid);
+    END IF;
+END
+$fn$;
+
 -- Everything a valid CARTO table carries besides its columns: a sequence owned by cartodb_id as its
 -- default, the primary key, GiST indexes on both geometry columns and the webmercator trigger.
 CREATE OR REPLACE FUNCTION public._CDB_finish_cartodbfy(reloid regclass)
@@ -201,7 +214,7 @@ BEGIN
         EXECUTE format('CREATE INDEX ON %s USING gist (the_geom_webmercator)', reloid);
     END IF;
 
-    EXECUTE format('DROP TRIGGER IF EXISTS update_the_geom_webmercator_trigger ON %s', reloid);
+    PERFORM public._CDB_drop_webmercator_trigger(reloid);
     EXECUTE format('CREATE TRIGGER update_the_geom_webmercator_trigger '
                    'BEFORE INSERT OR UPDATE OF the_geom ON %s '
                    'FOR EACH ROW EXECUTE FUNCTION public._CDB_update_the_geom_webmercator()', reloid);
@@ -238,7 +251,7 @@ BEGIN
     FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
     WHERE c.oid = reloid;
 
-    EXECUTE format('DROP TRIGGER IF EXISTS update_the_geom_webmercator_trigger ON %s', reloid);
+    PERFORM public._CDB_drop_webmercator_trigger(reloid);
 
     IF relschema = destschema AND public._CDB_is_cartodbfied(reloid) THEN
         PERFORM public._CDB_finish_cartodbfy(reloid);

@@ -35,7 +35,7 @@ _MASK = "***"
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
 # user:password@ in any URL, and key-like query parameters.
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<pw>[^@/\s]+)@", re.I)
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<pw>[^@/\s'\"]+)(?P<end>@|(?=[/\s'\"]|$))", re.I)
 _KEY_PARAM = re.compile(r"(?P<key>(?:api_key|apikey|gatekeeperKey|token|password|secret)=)(?P<value>[^&\s'\"]+)", re.I)
 
 
@@ -54,18 +54,28 @@ def register_url(url: str) -> None:
     except ValueError:
         register_secret(url)
         return
-    register_secret(parts.password)
-    if parts.username and parts.password is None:  # forms like airtable://:TOKEN@ put the secret in user-info
-        register_secret(parts.username)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at and ":" in host and not host.rsplit(":", 1)[1].isdigit():
+        userinfo = host  # carto://USER:API_KEY has credentials but no "@"
+    user, _, password = userinfo.partition(":")
+    register_secret(password)
+    if user and not password:
+        register_secret(user)
     if parts.hostname and "hooks.slack.com" in parts.hostname:
         register_secret(parts.path.strip("/"))
+
+
+def _mask_url_password(match: re.Match[str]) -> str:
+    if not match["end"] and match["pw"].isdigit():  # host:port, not user:password
+        return match.group(0)
+    return f"{match['scheme']}{match['user']}:{_MASK}{match['end']}"
 
 
 def redact(text: str) -> str:
     """Mask every registered secret and any URL password or key-like query parameter in ``text``."""
     if not text:
         return text
-    text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{_MASK}@", text)
+    text = _URL_PASSWORD.sub(_mask_url_password, text)
     text = _KEY_PARAM.sub(lambda m: f"{m['key']}{_MASK}", text)
     with _secrets_lock:
         secrets = sorted(_secrets, key=len, reverse=True)

@@ -181,3 +181,23 @@ def test_view_that_no_longer_fits_rolls_the_swap_back(pipeline, monkeypatch):
     assert not pipeline.run(PublishAll()).ok
     assert pipeline.table_digest("violations") == before
     assert pipeline.dest("SELECT count(*) FROM codes")[0][0] == 100
+
+
+def test_staging_on_s3(tmp_path, monkeypatch, postgis_dsn, aws):
+    import boto3
+
+    ensure_role("publicuser")
+    boto3.client("s3").create_bucket(Bucket="citygeo-databridge-test")
+    dest = create_postgis_database("dbl_dest")
+    try:
+        pipeline = Pipeline(tmp_path, postgis_dsn, dest, monkeypatch, staging="s3://citygeo-databridge-test/staging")
+        make_points_table(pipeline, "gis_lni", "violations", 150)
+        pipeline.config("lni__violations", DAILY)
+        at(monkeypatch, "2026-11-24T12:00:00")
+        assert pipeline.run(PublishAll()).ok
+        keys = sorted(o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="citygeo-databridge-test")["Contents"])
+        assert keys == [f"staging/lni__violations/20261124T110400Z/{name}" for name in ("data.csv.gz", "manifest.json", "schema.json")]
+        assert pipeline.dest("SELECT count(*) FROM violations")[0][0] == 150
+        assert pipeline.run(PublishAll()).did_nothing
+    finally:
+        drop_database(dest)

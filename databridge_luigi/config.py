@@ -20,7 +20,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, field_validator
 
 from .schedule import ScheduleError, check_cron
 
@@ -77,8 +77,9 @@ class DatasetFile(_Strict):
     """The keys a dataset YAML file may hold."""
 
     # The old system's keys, accepted unchanged.
-    schedule_interval: str | bool | None = None
-    upload_to_carto: bool = True
+    # Strict: YAML "schedule_interval: 0" is an integer and must not pass as false (manual).
+    schedule_interval: StrictStr | StrictBool | None = None
+    upload_to_carto: StrictBool = True
     upload_to_ago: Any = None  # placeholder in the old system; ignored
     carto_users: list[str] | None = None
     indexes: list[str] = []
@@ -86,18 +87,20 @@ class DatasetFile(_Strict):
     knack_object_id: int | None = Field(default=None, gt=0)
     knack_conn_id: str | None = None
     # New, optional keys.
-    enabled: bool = True
+    enabled: StrictBool = True
     source: SourceOptions = SourceOptions()
     destination: DestinationOptions = DestinationOptions()
     geometry: GeometryOptions = GeometryOptions()
-    allow_empty: bool = False
+    allow_empty: StrictBool = False
     row_count_tolerance: float = Field(default=0.15, ge=0)
     timezone: str = "America/New_York"
     schema_override: str | None = None
 
-    @field_validator("schedule_interval")
+    @field_validator("schedule_interval", mode="before")
     @classmethod
-    def _cron(cls, value: str | bool | None) -> str | bool | None:
+    def _cron(cls, value: object) -> object:
+        if value is not None and not isinstance(value, (str, bool)):
+            raise ValueError(f"must be a cron expression (text), or false/null for a manual dataset; got {value!r}")
         if value is True:
             raise ValueError("must be a cron expression, or false/null for a manual dataset")
         if isinstance(value, str):
@@ -134,12 +137,6 @@ class DatasetFile(_Strict):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {value!r} (use an IANA name such as America/New_York)") from None
         return value
-
-    @model_validator(mode="after")
-    def _users_required_for_carto(self) -> "DatasetFile":
-        if self.upload_to_carto and self.carto_users is None:
-            raise ValueError("carto_users is required when upload_to_carto is true (use [] for no grants)")
-        return self
 
 
 @dataclass(frozen=True)
@@ -264,15 +261,19 @@ def _problem(path: str, error: dict[str, Any]) -> ConfigProblem:
 def _build_dataset(where: str, kind: str, dept: str, table: str, env: str | None, spec: DatasetFile, default_carto_conn: str) -> Dataset:
     problems: list[ConfigProblem] = []
     dest_table = spec.destination.table or table
-    for key, name in (("file name", table), ("destination.table", dest_table)):
+    names = [("file name", table)] + ([("destination.table", dest_table)] if spec.destination.table else [])
+    for key, name in names:
         if not _IDENTIFIER.match(name) or len(name) > MAX_TABLE_NAME:
             problems.append(ConfigProblem(where, key, f"table name {name!r} must be lower-case letters, digits and _ (at most {MAX_TABLE_NAME} characters)"))
     if not re.match(r"^[a-z0-9_]+$", dept):
         problems.append(ConfigProblem(where, "directory", f"department {dept!r} must be lower-case letters, digits and _"))
+    if spec.upload_to_carto and spec.carto_users is None:
+        problems.append(ConfigProblem(where, "carto_users", "required when upload_to_carto is true (use [] for no grants)"))
     if kind == "knack" and spec.knack_object_id is None:
         problems.append(ConfigProblem(where, "knack_object_id", "required for a Knack dataset"))
-    if kind != "knack" and (spec.knack_object_id is not None or spec.knack_conn_id is not None):
-        problems.append(ConfigProblem(where, "knack_object_id", "only Knack datasets (under knack/) take Knack keys"))
+    for key in ("knack_object_id", "knack_conn_id"):
+        if kind != "knack" and getattr(spec, key) is not None:
+            problems.append(ConfigProblem(where, key, "only Knack datasets (under knack/) take Knack keys"))
     if kind == "airtable" and not spec.source.base:
         problems.append(ConfigProblem(where, "source.base", "required for an Airtable dataset (the base id, app…)"))
     source_conn = spec.knack_conn_id or spec.source.conn or {"databridge": "databridge", "knack": "knack", "airtable": "airtable"}[kind]

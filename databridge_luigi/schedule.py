@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta, timezone
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 VERSION_FORMAT = "%Y%m%dT%H%M%SZ"
 _VERSION_RE = re.compile(r"^\d{8}T\d{6}Z$")
@@ -28,6 +28,10 @@ def check_cron(expression: str) -> None:
         raise ScheduleError(f"cron needs 5 fields (minute hour day month weekday), got {len(fields)}: {expression!r}")
     if not croniter.is_valid(expression):
         raise ScheduleError(f"not a valid cron expression: {expression!r}")
+    try:  # valid syntax can still never fire (30 February)
+        croniter(expression, datetime(2000, 1, 1, tzinfo=timezone.utc)).get_next(datetime)
+    except CroniterBadDateError:
+        raise ScheduleError(f"cron expression never fires: {expression!r}") from None
 
 
 def utc_now() -> datetime:
@@ -54,9 +58,12 @@ def format_version(moment: datetime) -> str:
 
 
 def parse_version(version: str) -> datetime:
-    if not _VERSION_RE.match(version):
+    if not _VERSION_RE.fullmatch(version):
         raise ScheduleError(f"version must look like 20261124T110400Z, got {version!r}")
-    return datetime.strptime(version, VERSION_FORMAT).replace(tzinfo=timezone.utc)
+    try:
+        return datetime.strptime(version, VERSION_FORMAT).replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise ScheduleError(f"version {version!r} is not a real date and time") from None
 
 
 def due_version(expression: str | None, now: datetime | None = None) -> str | None:

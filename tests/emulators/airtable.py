@@ -410,7 +410,9 @@ class AirtableEmulator(Emulator):
             if now < base.penalty_until:
                 raise AirtableError(429, "RATE_LIMIT_REACHED", RATE_LIMIT_MESSAGE)
             if base.window is not None and not base.window.try_acquire(now):
+                # The penalty replaces the window: once it is served the client starts afresh.
                 base.penalty_until = now + self.penalty_seconds
+                base.window.clear()
                 raise AirtableError(429, "RATE_LIMIT_REACHED", RATE_LIMIT_MESSAGE)
 
     def rate_limit_response(self, request: Request, **options: Any) -> Response:
@@ -467,8 +469,8 @@ class AirtableEmulator(Emulator):
         for name in (options.fields or []) + [f for f, _ in options.sort]:
             if table.field_named(name) is None:
                 raise AirtableError(422, "UNKNOWN_FIELD_NAME", f'Unknown field name: "{name}"')
-        if options.view and options.view not in table.view_names and options.view not in \
-                {v["id"] for v in table.views()}:
+        known_views = set(table.view_names) | {v["id"] for v in table.views()}
+        if options.view and options.view not in known_views:
             raise AirtableError(422, "VIEW_NAME_NOT_FOUND", f'Could not find view "{options.view}" in table')
         if options.formula:
             raise AirtableError(422, "INVALID_FILTER_BY_FORMULA",
@@ -500,7 +502,7 @@ class AirtableEmulator(Emulator):
         return match.group(1), iterator.record_ids, iterator.record_ids.index(match.group(2))
 
     def _render(self, table: AirtableTable, record: dict[str, Any], options: _ListOptions) -> dict[str, Any]:
-        wanted = {table.field_named(n).name for n in options.fields} if options.fields else None  # type: ignore[union-attr]
+        wanted = {fld.name for n in options.fields if (fld := table.field_named(n))} if options.fields else None
         fields: dict[str, Any] = {}
         for name, value in record["fields"].items():
             if _is_empty(value) or (wanted is not None and name not in wanted):

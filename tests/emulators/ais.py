@@ -303,8 +303,9 @@ class AISEmulator(Emulator):
         # "440 Broad St" is AIS's classic ambiguous query: North and South Broad both have a 440.
         self.add_address("440 N Broad St", -75.16232, 39.96132, zip_code="19130")
         self.add_address("440 S Broad St", -75.16490, 39.94407, zip_code="19146")
-        for feature in self.gazetteer[normalize_query("440 N Broad St")] + self.gazetteer[normalize_query("440 S Broad St")]:
-            self.add_feature("440 Broad St", feature)
+        for side in ("440 N Broad St", "440 S Broad St"):
+            for feature in self.gazetteer[normalize_query(side)]:
+                self.add_feature("440 Broad St", feature)
         self.add_address("1300 Market St", None, None, geocode_type="pwd_parcel")  # a match with no geometry
         self.add_intersection("N 12th St", "Market St", -75.16008, 39.95178)
 
@@ -492,7 +493,8 @@ class CensusGeocoderEmulator(Emulator):
             return text_response(f"Error: invalid benchmark '{benchmark}'", status=400)
         if with_geographies and request.form.get("vintage", "") not in CENSUS_VINTAGES:
             return text_response("Error: invalid vintage", status=400)
-        rows = [r for r in csv.reader(io.StringIO(upload.read().decode("utf-8", "replace"))) if any(c.strip() for c in r)]
+        text = upload.read().decode("utf-8", "replace")
+        rows = [r for r in csv.reader(io.StringIO(text)) if any(c.strip() for c in r)]
         if len(rows) > MAX_BATCH_ROWS:
             return text_response(f"Error: the file exceeds the {MAX_BATCH_ROWS} record limit", status=400)
         with self._lock:

@@ -51,6 +51,7 @@ class RecordedRequest:
     json: Any
     fault: str | None = None
     time: float = 0.0
+    status: int | None = None  # None while in flight, or when the connection was dropped
 
     def arg(self, name: str) -> str | None:
         """First value of a query-string argument, or None."""
@@ -100,6 +101,9 @@ class SlidingWindow:
         self._events.append(now)
         return True
 
+    def clear(self) -> None:
+        self._events.clear()
+
     def remaining(self, now: float) -> int:
         self._expire(now)
         return max(0, self.limit - len(self._events))
@@ -148,8 +152,10 @@ class Emulator:
             return self
         self._server = make_server(self.host, self.port, self.wsgi_app, threaded=True, request_handler=_QuietHandler)
         self.port = self._server.server_port
+        # A short poll interval keeps stop() fast; shutdown() waits for the serve loop to notice.
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name=f"{type(self).__name__}:{self.port}", daemon=True
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+            name=f"{type(self).__name__}:{self.port}", daemon=True,
         )
         self._thread.start()
         return self
@@ -237,11 +243,12 @@ class Emulator:
         if request.path.startswith(ADMIN_PREFIX):
             return self._admin(request)(environ, start_response)
         fault = self._take_fault(request.path)
-        self._record(request, fault)
+        entry = self._record(request, fault)
         response = self._respond(request, fault, environ)
+        entry.status = response.status_code
         return response(environ, start_response)
 
-    def _record(self, request: Request, fault: Fault | None) -> None:
+    def _record(self, request: Request, fault: Fault | None) -> RecordedRequest:
         body = request.get_data(cache=True)  # cached, so form parsing still works afterwards
         payload = request.get_json(silent=True) if request.is_json else None
         entry = RecordedRequest(
@@ -256,6 +263,7 @@ class Emulator:
         )
         with self._lock:
             self.requests.append(entry)
+        return entry
 
     def _respond(self, request: Request, fault: Fault | None, environ: dict[str, Any]) -> Response:
         if fault is None:
@@ -295,11 +303,14 @@ class Emulator:
 
 
 def _abort_connection(environ: dict[str, Any]) -> None:
-    """Close the client socket with an RST and no response bytes at all."""
+    """Close the client connection without sending a single response byte."""
     sock: socket.socket | None = environ.get("werkzeug.socket")
     if sock is not None:
-        # Linger 0 makes close() send RST instead of FIN, like a crashed upstream or a proxy dropping us.
+        # Linger 0: the final close sends RST, like a crashed upstream. shutdown() acts at once even though
+        # werkzeug still holds file objects on the socket, and it stops werkzeug waiting for a keep-alive
+        # request on this connection.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RDWR)
     raise _ConnectionAborted("fault injection: connection reset")
 
 

@@ -38,6 +38,7 @@ from tests.emulators.base import Emulator, SlidingWindow, json_response, run_cli
 
 RATE_LIMIT_MESSAGE = "Rate limit exceeded"
 DEFAULT_PLAN_LIMIT = 25_000  # the "Plus" plan; tests lower it to hit the daily limit quickly
+_INHERIT = -1  # add_app(plan_limit=_INHERIT): use the emulator-wide plan limit
 
 # IANA zone -> Knack's display name in application.settings.timezone (knackpy maps them back).
 KNACK_TIMEZONE_NAMES = {
@@ -413,12 +414,12 @@ class KnackEmulator(Emulator):
     # -------------------------------------------------------------------------------------- seeding
     def add_app(self, app_id: str, api_key: str, timezone: str = "America/New_York",
                 objects: Iterable[KnackObject] = (), *, name: str | None = None,
-                plan_limit: int | None | str = "default") -> KnackApp:
+                plan_limit: int | None = _INHERIT) -> KnackApp:
         """Register an application. ``timezone`` is an IANA name; ``plan_limit=None`` disables the daily cap."""
-        limit = self.default_plan_limit if plan_limit == "default" else plan_limit
+        limit = self.default_plan_limit if plan_limit == _INHERIT else plan_limit
         window = SlidingWindow(self.rate_limit_per_second) if self.rate_limit_per_second else None
         app = KnackApp(app_id, api_key, timezone, name or f"Test App {app_id[-4:]}",
-                       {obj.key: obj for obj in objects}, limit if isinstance(limit, int) else None, window)
+                       {obj.key: obj for obj in objects}, limit, window)
         with self._lock:
             self.apps[app_id] = app
         return app
@@ -582,7 +583,8 @@ def _application_metadata(app: KnackApp) -> dict[str, Any]:
             entry_obj["identifier"] = obj.identifier
         objects.append(entry_obj)
     scenes = [{"key": f"scene_{n}", "name": obj.name, "slug": obj.name.lower(),
-               "views": [{"key": f"view_{n}", "name": f"{obj.name} table", "type": "table", "source": {"object": obj.key},
+               "views": [{"key": f"view_{n}", "name": f"{obj.name} table", "type": "table",
+                          "source": {"object": obj.key},
                           "columns": [{"field": {"key": fld.key}, "header": fld.name} for fld in obj.fields]}]}
               for n, obj in enumerate(app.objects.values(), start=1)]
     return {

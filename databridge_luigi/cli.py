@@ -70,6 +70,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .targets import PublishedTableTarget
 
     rows = [("DATASET", "DUE VERSION", "PUBLISHED", "NEXT RUN (UTC)")]
+    unknown = 0
     for d in _load(_config_dir(args.config_dir)):
         if not d.enabled:
             rows.append((d.id, "-", "disabled", "-"))
@@ -87,10 +88,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
             try:
                 state = "yes" if PublishedTableTarget(d, version).exists() else "DUE"
             except Exception as exc:  # one unreachable destination must not hide the rest of the plan
-                state = f"unknown ({redact_exception(exc)[:80]})"
+                unknown += 1
+                state = f"unknown ({redact_exception(exc).splitlines()[0][:200]})"
         rows.append((d.id, version, state, following))
     _print_table(rows)
-    return 0
+    return 1 if unknown else 0
 
 
 def _print_table(rows: Sequence[Sequence[str]]) -> None:
@@ -113,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `databridge-luigi list | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
     except SystemExit:
         raise
     except Exception as exc:  # a CLI shows one readable line, never a traceback

@@ -205,7 +205,20 @@ def load_datasets(root: str | os.PathLike[str], default_carto_conn: str = DEFAUL
 
 
 def _config_files(root: Path) -> list[Path]:
-    return [p for kind in KINDS for p in (root / kind).rglob("*") if p.suffix in (".yml", ".yaml") and p.is_file()]
+    return [p for kind in KINDS for p in (root / kind).rglob("*") if p.suffix.lower() in (".yml", ".yaml") and p.is_file()]
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key written twice (YAML would silently keep the last value)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _load_file(root: Path, path: Path, default_carto_conn: str) -> Dataset:
@@ -227,7 +240,7 @@ def _load_file(root: Path, path: Path, default_carto_conn: str) -> Dataset:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "-"

@@ -425,6 +425,7 @@ BROKEN_CASES: dict[str, tuple[str | re.Pattern, str]] = {
     "wrong_depth_nested": ("-", r"not at databridge/<dept>/<table>\.yml"),
     "knack_wrong_depth": ("-", r"not at knack/<carto_env>/<dept>/<table>\.yml"),
     "duplicate_id": ("-", r"duplicate dataset id 'lni__duplicate_id' \(also .*duplicate_id\.ya?ml\)"),
+    "duplicate_key": ("line 3, column 1", r"key .upload_to_carto. appears twice"),
     "schema_override_missing": ("schema_override", r"'schemas/missing\.json' not found"),
     "destination_conn_bad": ("destination.conn", r"connection name 'bad name!'"),
     "destination_table_bad": ("destination.table", r"'Violations 2024' must be lower-case"),
@@ -476,3 +477,9 @@ def test_load_datasets_reports_every_broken_file_at_once(tmp_path):
     assert got == expected
     assert len({path for path, _, _ in got}) >= 30  # dozens of files, each named, from one call
     assert {"lni__violations", "ppr__ppr_facilities__carto_gsg", "lni__duplicate_id"} <= {d.id for d in datasets}
+
+
+def test_upper_case_yml_suffix_is_loaded(tmp_path):
+    write(tmp_path, "databridge/lni/loud.YML", OK_BODY)
+    datasets, problems = load_datasets(tmp_path)
+    assert not problems and [d.id for d in datasets] == ["lni__loud"]

@@ -201,3 +201,11 @@ def test_staging_on_s3(tmp_path, monkeypatch, postgis_dsn, aws):
         assert pipeline.run(PublishAll()).did_nothing
     finally:
         drop_database(dest)
+
+
+def test_unknown_grant_role_fails_before_copying(pipeline, monkeypatch):
+    make_points_table(pipeline, "gis_lni", "violations", 60)
+    pipeline.config("lni__violations", DAILY.replace("[publicuser]", "[publicuser, no_such_role_xyz]"))
+    at(monkeypatch, "2026-11-24T12:00:00")
+    assert not pipeline.run(PublishAll()).ok
+    assert pipeline.table_oid("violations") is None and pipeline.table_oid("violations__shadow") is None

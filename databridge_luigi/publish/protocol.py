@@ -87,6 +87,7 @@ class Loader:
             log.info("%s: data unchanged since the last publish (sha256 %s…); recorded version %s without rewriting %s",
                      self.dataset.id, manifest.sha256[:12], manifest.version, self.where())
             return LoadResult(self.dataset.id, manifest.version, self.table, manifest.rows, False, time.monotonic() - started)
+        self._check_grant_roles()
         self._drop_shadow()  # a crashed run's leftover
         try:
             self._build_shadow(staged, table_schema, manifest.rows)
@@ -112,6 +113,16 @@ class Loader:
         self._check_rows(counted)
         self.status(f"finishing {self.shadow}")
         self.transport.finish_shadow(self.schema, self.shadow, table_schema)
+
+    def _check_grant_roles(self) -> None:
+        """Fail before any copying when a role in carto_users does not exist (the swap would roll back)."""
+        if not self.dataset.grants:
+            return
+        names = ", ".join(sql.literal(role) for role in self.dataset.grants)
+        found = {row["rolname"] for row in self.transport.query(f"SELECT rolname FROM pg_roles WHERE rolname IN ({names})")}
+        missing = [role for role in self.dataset.grants if role not in found]
+        if missing:
+            raise LoadError(f"{self.dataset.id}: carto_users names role(s) {missing} that do not exist on {self.transport.name}; fix carto_users in {self.dataset.path}")
 
     def _check_rows(self, new_rows: int) -> None:
         if new_rows == 0 and not self.dataset.allow_empty:

@@ -1,0 +1,368 @@
+"""The CARTO transport against the CARTO emulator over a fresh PostGIS database, through real luigi.
+
+Source: the session's PostGIS database (tests/pipeline.py); destination: ``CartoEmulator`` with two
+accounts (``phl`` and ``gsg``), reached only over HTTP by the code under test. The tests look at the
+result directly in the emulator's database.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+
+import psycopg
+import pytest
+
+import databridge_luigi.publish.carto as carto
+import databridge_luigi.schedule as schedule
+import databridge_luigi.tasks as tasks
+from databridge_luigi.publish.carto import CartoConfigError, CartoError, CartoTimeoutError, CartoTransport
+from databridge_luigi.tasks import Publish, PublishAll
+from tests.conftest import create_postgis_database, drop_database, ensure_role
+from tests.emulators.carto import CartoEmulator
+from tests.pipeline import Pipeline, make_points_table
+
+PHL_KEY = "phl-master-KEY-5f3a9c71"
+GSG_KEY = "gsg-master-KEY-0b8e44d2"
+
+DAILY = """\
+    schedule_interval: 4 11 * * *
+    upload_to_carto: true
+    carto_users: [publicuser, tileuser]
+    indexes: [address, code+opened, shape]
+    """
+
+
+@pytest.fixture(scope="module")
+def carto_db() -> Iterator[str]:
+    ensure_role("publicuser")
+    ensure_role("tileuser")
+    dsn = create_postgis_database("dbl_carto")
+    yield dsn
+    drop_database(dsn)
+
+
+@pytest.fixture(scope="module")
+def emu(carto_db: str) -> Iterator[CartoEmulator]:
+    with CartoEmulator(carto_db, {"phl": PHL_KEY, "gsg": GSG_KEY}) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _clean(emu: CartoEmulator, carto_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(carto, "BACKOFF_INITIAL", 0.05)
+    yield
+    emu.clear_faults()
+    emu.clear_rate_limits()
+    emu.clear_requests()
+    with psycopg.connect(carto_db, autocommit=True) as conn:
+        for schema in ("phl", "gsg"):
+            for (table,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)).fetchall():
+                conn.execute(f'DROP TABLE IF EXISTS "{schema}"."{table}" CASCADE')
+
+
+@pytest.fixture()
+def failures(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The failure text each failed task hands luigid (Load.on_failure / Extract.on_failure)."""
+    seen: list[str] = []
+    original = tasks.DatasetTask.on_failure
+
+    def recording(self, exception):  # type: ignore[no-untyped-def]
+        text = original(self, exception)
+        seen.append(text)
+        return text
+
+    monkeypatch.setattr(tasks.DatasetTask, "on_failure", recording)
+    return seen
+
+
+@pytest.fixture()
+def pipeline(tmp_path, monkeypatch, postgis_dsn, emu) -> Pipeline:
+    monkeypatch.setenv("DATABRIDGE_CONN_CARTO_GSG", emu.connection_url("gsg"))
+    at(monkeypatch, "2026-11-24T12:00:00")
+    return Pipeline(tmp_path, postgis_dsn, emu.connection_url("phl"), monkeypatch)
+
+
+def at(monkeypatch, moment: str) -> None:
+    fixed = datetime.fromisoformat(moment).replace(tzinfo=timezone.utc)
+    monkeypatch.setattr(schedule, "utc_now", lambda: fixed)
+
+
+def db(dsn: str, statement: str, params=None) -> list[tuple]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cursor = conn.execute(statement, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def oid(dsn: str, name: str) -> int | None:
+    return db(dsn, "SELECT to_regclass(%s)::oid", (name,))[0][0]
+
+
+def digest(dsn: str, name: str) -> str:
+    return db(dsn, f"SELECT md5(string_agg(t::text, '|' ORDER BY t::text)) FROM {name} t")[0][0]
+
+
+def markers(dsn: str, schema: str, dataset_id: str) -> list[tuple]:
+    return db(dsn, f'SELECT version, row_count, rewritten FROM "{schema}".databridge_luigi_publications '
+                   "WHERE dataset_id = %s ORDER BY published_at, version", (dataset_id,))
+
+
+def publish_once(pipeline: Pipeline, rows: int = 150) -> None:
+    make_points_table(pipeline, "gis_cartot", "violations", rows)
+    pipeline.config("cartot__violations", DAILY)
+    first = pipeline.run(PublishAll())
+    assert first.ok, first.summary
+
+
+# --- publishing through luigi ------------------------------------------------------------------------------
+
+def test_first_publish_cartodbfies_indexes_grants_and_marks(pipeline, emu, carto_db):
+    publish_once(pipeline, 150)
+    table = "phl.violations"
+    columns = [r[0] for r in db(carto_db, "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+                                          "AND NOT attisdropped ORDER BY attnum", (table,))]
+    assert columns[:3] == ["cartodb_id", "the_geom", "the_geom_webmercator"]
+    assert "shape" not in columns and {"objectid", "address", "code", "opened", "fine"} <= set(columns)
+    srids = db(carto_db, "SELECT ST_SRID(the_geom), ST_SRID(the_geom_webmercator), min(ST_X(the_geom)), max(ST_Y(the_geom)), "
+                         "count(*), count(DISTINCT cartodb_id) FROM phl.violations GROUP BY 1, 2")
+    assert len(srids) == 1
+    srid, merc, x, y, count, ids = srids[0]
+    assert (srid, merc, count, ids) == (4326, 3857, 150, 150)
+    assert -76 < x < -74 and 39 < y < 41  # EPSG:2272 (PA South, ftUS) really was transformed
+    indexes = {r[0]: r[1] for r in db(carto_db, "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'phl' AND tablename = 'violations'")}
+    assert {"violations_address", "violations_code_opened"} <= set(indexes)
+    assert not any("shape" in name for name in indexes)  # the source geometry index is skipped: cartodbfy consumed it
+    assert any("gist (the_geom)" in d for d in indexes.values()) and any("gist (the_geom_webmercator)" in d for d in indexes.values())
+    for role in ("publicuser", "tileuser"):
+        assert db(carto_db, "SELECT has_table_privilege(%s, 'phl.violations', 'SELECT')", (role,))[0][0] is True
+    assert markers(carto_db, "phl", "cartot__violations") == [("20261124T110400Z", 150, True)]
+    assert oid(carto_db, "phl.violations__shadow") is None
+    # Public through the SQL API without a key, as CARTO's anonymous role.
+    import requests
+
+    reply = requests.get(f"{emu.base_url('phl')}/api/v2/sql", params={"q": "SELECT count(*) AS n FROM violations"}, timeout=10)
+    assert reply.status_code == 200 and reply.json()["rows"] == [{"n": 150}]
+
+
+def test_rerun_is_a_no_op(pipeline, emu, carto_db):
+    publish_once(pipeline, 60)
+    before = oid(carto_db, "phl.violations")
+    emu.clear_requests()
+    again = pipeline.run(PublishAll())
+    assert again.ok and again.did_nothing, again.summary
+    assert oid(carto_db, "phl.violations") == before
+    assert not [r for r in emu.requests if r.group == "copy_from"]
+    assert len(markers(carto_db, "phl", "cartot__violations")) == 1
+
+
+def test_copy_is_gzip_chunked_raw_body_with_header_csv(pipeline, emu):
+    publish_once(pipeline, 80)
+    copies = [r for r in emu.requests if r.group == "copy_from"]
+    assert len(copies) == 1
+    copy = copies[0]
+    assert copy.path == "/user/phl/api/v2/sql/copyfrom" and copy.status == 200
+    assert copy.header("Content-Encoding") == "gzip"
+    assert copy.header("Transfer-Encoding") == "chunked" and copy.header("Content-Length") is None
+    assert copy.header("Content-Type") == "application/octet-stream"
+    assert copy.query["q"].startswith('COPY "phl"."violations__shadow"') and "HEADER true" in copy.query["q"]
+    # SQL API calls carry the key in the form body, never in the URL.
+    assert all("api_key" not in r.query for r in emu.requests if r.group == "query")
+
+
+def test_two_accounts_in_one_run(pipeline, carto_db):
+    make_points_table(pipeline, "gis_cartot", "violations", 40)
+    make_points_table(pipeline, "gis_cartot", "permits", 30)
+    pipeline.config("cartot__violations", DAILY)
+    pipeline.config("cartot__permits", DAILY + "destination: {conn: carto_gsg}\n")
+    run = pipeline.run(PublishAll())
+    assert run.ok, run.summary
+    assert db(carto_db, "SELECT count(*) FROM phl.violations")[0][0] == 40
+    assert db(carto_db, "SELECT count(*) FROM gsg.permits")[0][0] == 30
+    assert oid(carto_db, "phl.permits") is None and oid(carto_db, "gsg.violations") is None
+    assert db(carto_db, "SELECT tableowner FROM pg_tables WHERE schemaname = 'gsg' AND tablename = 'permits'")[0][0] == "carto_gsg"
+    assert markers(carto_db, "gsg", "cartot__permits") == [("20261124T110400Z", 30, True)]
+
+
+def test_rate_limited_copy_and_query_are_retried_after_retry_after(pipeline, emu, carto_db):
+    emu.inject("copy_from", "rate_limit", times=1, retry_after=1)
+    emu.inject("query", "rate_limit", times=1, retry_after=1, match="cdb_cartodbfytable")
+    started = time.monotonic()
+    publish_once(pipeline, 50)
+    assert time.monotonic() - started >= 2.0  # both waits honoured Retry-After (backoff alone is 0.05 s)
+    assert [r.status for r in emu.requests if r.group == "copy_from"] == [429, 200]
+    assert db(carto_db, "SELECT count(*) FROM phl.violations")[0][0] == 50
+
+
+def test_killed_copy_leaves_the_live_table_exactly_as_it_was(pipeline, emu, carto_db, monkeypatch, failures):
+    publish_once(pipeline, 400)
+    before, before_oid = digest(carto_db, "phl.violations"), oid(carto_db, "phl.violations")
+    pipeline.source("UPDATE gis_cartot.violations SET address = 'changed'")
+    emu.inject("copy_from", "copy_abort_after_bytes", times=None, after_bytes=512)
+    emu.clear_requests()
+    at(monkeypatch, "2026-11-25T12:00:00")
+    failed = pipeline.run(PublishAll())
+    assert not failed.ok
+    copies = [r for r in emu.requests if r.group == "copy_from"]
+    assert len(copies) == carto.MAX_ATTEMPTS and all(r.fault == "copy_abort_after_bytes" for r in copies)
+    assert digest(carto_db, "phl.violations") == before and oid(carto_db, "phl.violations") == before_oid
+    assert oid(carto_db, "phl.violations__shadow") is None
+    assert [m[0] for m in markers(carto_db, "phl", "cartot__violations")] == ["20261124T110400Z"]
+    assert any("/user/phl/api/v2/sql/copyfrom" in text and "connection failed" in text for text in failures)
+
+
+def test_failed_cartodbfy_leaves_the_live_table_exactly_as_it_was(pipeline, emu, carto_db, monkeypatch, failures):
+    publish_once(pipeline, 100)
+    before, before_oid = digest(carto_db, "phl.violations"), oid(carto_db, "phl.violations")
+    pipeline.source("UPDATE gis_cartot.violations SET address = 'changed'")
+    emu.inject("query", "http_500", times=None, match="cdb_cartodbfytable")
+    at(monkeypatch, "2026-11-25T12:00:00")
+    assert not pipeline.run(PublishAll()).ok
+    assert digest(carto_db, "phl.violations") == before and oid(carto_db, "phl.violations") == before_oid
+    assert oid(carto_db, "phl.violations__shadow") is None
+    assert [m[0] for m in markers(carto_db, "phl", "cartot__violations")] == ["20261124T110400Z"]
+    assert any("server error 500" in text and "CDB_CartodbfyTable" in text and f"gave up after {carto.MAX_ATTEMPTS} attempts" in text
+               for text in failures)
+
+
+def test_api_key_never_in_failure_text_or_logs(pipeline, emu, monkeypatch, failures, caplog):
+    caplog.set_level(logging.DEBUG)
+    make_points_table(pipeline, "gis_cartot", "violations", 30)
+    pipeline.config("cartot__violations", DAILY)
+    emu.inject("copy_from", "http_503", times=None)
+    assert not pipeline.run(PublishAll()).ok
+    text = "\n".join(failures) + caplog.text + "".join(r.exc_text or "" for r in caplog.records)
+    assert failures and "server error 503" in text
+    assert "copyfrom" in text  # the requests were logged (urllib3 debug lines), redacted
+    assert "api_key=***" in text  # urllib3 logged the COPY URL, with the key masked
+    assert PHL_KEY not in text and PHL_KEY not in repr(CartoTransport("carto_phl", emu.connection_url("phl")))
+
+
+def test_wrong_key_is_a_connection_error(pipeline, emu, monkeypatch, caplog):
+    wrong = "wrong-KEY-77aa31"
+    monkeypatch.setenv("DATABRIDGE_CONN_CARTO_PHL", emu.connection_url("phl").replace(PHL_KEY, wrong))
+    make_points_table(pipeline, "gis_cartot", "violations", 20)
+    pipeline.config("cartot__violations", DAILY)
+    run = pipeline.run(Publish(dataset_id="cartot__violations"))
+    assert not run.ok
+    assert "401 Unauthorized" in caplog.text and "API key" in caplog.text
+    assert wrong not in caplog.text and PHL_KEY not in caplog.text
+    transport = CartoTransport("carto_phl", emu.connection_url("phl").replace(PHL_KEY, wrong))
+    with pytest.raises(CartoConfigError, match=r"401 Unauthorized.*while running: SELECT 1") as raised:
+        transport.query("SELECT 1")
+    assert raised.value.status == 401 and wrong not in str(raised.value)
+    assert len([r for r in emu.requests if r.status == 401]) >= 2  # one per call: a 401 is never retried
+
+
+def test_unknown_user_is_a_connection_error(pipeline, emu, monkeypatch, caplog):
+    url = f"carto+http://nobody:some-KEY-1234@127.0.0.1:{emu.port}/user/nobody"
+    monkeypatch.setenv("DATABRIDGE_CONN_CARTO_PHL", url)
+    make_points_table(pipeline, "gis_cartot", "violations", 20)
+    pipeline.config("cartot__violations", DAILY)
+    assert not pipeline.run(Publish(dataset_id="cartot__violations")).ok
+    assert "can't find CARTO user 'nobody'" in caplog.text and "some-KEY-1234" not in caplog.text
+    with pytest.raises(CartoConfigError, match=r"'carto_x'.*/user/nobody/api/v2/sql\): 404 Sorry"):
+        CartoTransport("carto_x", url).query("SELECT 1")
+
+
+# --- error classes, on the transport directly --------------------------------------------------------------
+
+@pytest.fixture()
+def transport(emu) -> Iterator[CartoTransport]:
+    t = CartoTransport("carto_phl", emu.connection_url("phl"))
+    yield t
+    t.close()
+
+
+def test_sql_error_400_names_connection_endpoint_and_statement(transport, emu):
+    with pytest.raises(CartoError) as raised:
+        transport.query("SELECT * FROM nope\nWHERE true")
+    message = str(raised.value)
+    assert raised.value.status == 400
+    assert "'carto_phl'" in message and "/user/phl/api/v2/sql" in message and 'relation "nope" does not exist' in message
+    assert "while running: SELECT * FROM nope)" in message and PHL_KEY not in message
+    assert len(emu.requests) == 1  # never retried
+
+
+def test_statement_timeout_429_fails_at_once_with_a_hint(transport, emu):
+    emu.inject("query", "statement_timeout", times=None)
+    with pytest.raises(CartoTimeoutError, match="Batch SQL API"):
+        transport.query("SELECT pg_sleep(100)")
+    assert len(emu.requests) == 1
+
+
+def test_rate_limit_429_is_retried_honouring_retry_after(transport, emu):
+    emu.inject("query", "rate_limit", times=1, retry_after=1)
+    started = time.monotonic()
+    assert transport.query("SELECT 1 AS one") == [{"one": 1}]
+    assert time.monotonic() - started >= 0.95
+    assert [r.status for r in emu.requests] == [429, 200]
+
+
+@pytest.mark.parametrize("fault", ["http_500", "http_502", "http_503", "reset"])
+def test_server_errors_and_resets_are_retried(transport, emu, fault):
+    emu.inject("query", fault, times=2)
+    assert transport.query("SELECT 2 AS two") == [{"two": 2}]
+    assert len(emu.requests) == 3
+
+
+def test_persistent_server_error_gives_up_after_bounded_attempts(transport, emu):
+    emu.inject("query", "http_502", times=None)
+    with pytest.raises(CartoError, match=r"server error 502.*gave up after 5 attempts"):
+        transport.query("SELECT 1")
+    assert len(emu.requests) == carto.MAX_ATTEMPTS
+
+
+def test_200_with_error_is_a_failure(transport, emu):
+    emu.inject("query", "midstream_error", times=1)
+    with pytest.raises(CartoError, match="mid-stream.*SQL query timeout"):
+        transport.query("SELECT g FROM generate_series(1, 10) g")
+    assert len(emu.requests) == 1
+
+
+def test_transaction_is_one_call_and_rolls_back_as_a_whole(transport, emu, carto_db):
+    transport.query("CREATE TABLE t_tx (a int)")
+    emu.clear_requests()
+    with pytest.raises(CartoError, match="does not exist"):
+        transport.transaction(["INSERT INTO t_tx VALUES (1)", "INSERT INTO no_such_table VALUES (2)"])
+    assert len(emu.requests) == 1 and emu.requests[0].q.startswith("BEGIN; INSERT")
+    assert db(carto_db, "SELECT count(*) FROM phl.t_tx")[0][0] == 0
+    transport.transaction(["INSERT INTO t_tx VALUES (1)", "INSERT INTO t_tx VALUES (2)"])
+    assert db(carto_db, "SELECT count(*) FROM phl.t_tx")[0][0] == 2
+
+
+def test_url_forms():
+    parse = carto.parse_url
+    assert parse("carto://phl:k-123456")[:2] == ("https://phl.carto.com/api/v2/sql", "phl")
+    assert parse("carto://phl:k-123456@carto.city.gov/user/phl/")[0] == "https://carto.city.gov/user/phl/api/v2/sql"
+    assert parse("carto+http://phl:k-123456@127.0.0.1:8080/user/phl")[0] == "http://127.0.0.1:8080/user/phl/api/v2/sql"
+    assert parse("carto://phl:k-123456")[3] == "phl"
+    assert parse("carto://phl:k-123456@h/user/phl?schema=public")[3] == "public"
+    with pytest.raises(CartoConfigError) as raised:
+        CartoTransport("carto_bad", "carto://phl-without-key-99@host")
+    assert "phl-without-key-99" not in str(raised.value)
+
+
+def test_dependent_view_survives_a_republish_through_the_sql_api(pipeline, emu, carto_db, monkeypatch):
+    publish_once(pipeline, 70)
+    db(carto_db, "SET ROLE carto_phl; CREATE VIEW phl.violations_c1 AS SELECT cartodb_id, the_geom, address FROM phl.violations "
+                 "WHERE code = 'C1'; GRANT SELECT ON phl.violations_c1 TO publicuser")
+    before = db(carto_db, "SELECT count(*) FROM phl.violations_c1")[0][0]
+    pipeline.source("INSERT INTO gis_cartot.violations SELECT 1000 + g, 'new', 'C1', now(), 1, NULL FROM generate_series(1, 5) g")
+    at(monkeypatch, "2026-11-25T12:00:00")
+    run = pipeline.run(PublishAll())
+    assert run.ok, run.summary
+    assert db(carto_db, "SELECT count(*) FROM phl.violations_c1")[0][0] == before + 5
+    assert db(carto_db, "SELECT has_table_privilege('publicuser', 'phl.violations_c1', 'SELECT')")[0][0] is True
+
+
+def test_privacy_mismatch_is_a_warning(transport, carto_db, caplog):
+    from types import SimpleNamespace
+
+    transport.query("CREATE TABLE t_priv (a int)")
+    transport.query("GRANT SELECT ON t_priv TO publicuser")
+    caplog.set_level(logging.WARNING)
+    transport.post_swap("phl", "t_priv", None, SimpleNamespace(id="x__t_priv", grants=("publicuser",)))  # type: ignore[arg-type]
+    assert "PUBLIC" not in caplog.text
+    transport.post_swap("phl", "t_priv", None, SimpleNamespace(id="x__t_priv", grants=()))  # type: ignore[arg-type]
+    assert "phl.t_priv on carto_phl is PUBLIC but carto_users does not include publicuser" in caplog.text

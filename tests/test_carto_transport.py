@@ -366,3 +366,21 @@ def test_privacy_mismatch_is_a_warning(transport, carto_db, caplog):
     assert "PUBLIC" not in caplog.text
     transport.post_swap("phl", "t_priv", None, SimpleNamespace(id="x__t_priv", grants=()))  # type: ignore[arg-type]
     assert "phl.t_priv on carto_phl is PUBLIC but carto_users does not include publicuser" in caplog.text
+
+
+def test_statement_timeout_on_cartodbfy_and_index_falls_back_to_the_batch_sql_api(pipeline, emu, carto_db, monkeypatch):
+    monkeypatch.setattr(carto, "JOB_POLL_INITIAL", 0.05)
+    emu.inject("query", "statement_timeout", times=1, match="cdb_cartodbfytable")
+    emu.inject("query", "statement_timeout", times=1, match="create index if not exists")
+    publish_once(pipeline)
+    jobs = [r for r in emu.requests if r.group == "job_create"]
+    assert len(jobs) == 2
+    assert db(carto_db, "SELECT count(*) FROM phl.violations")[0][0] == 150
+    assert db(carto_db, "SELECT count(*) FROM pg_attribute WHERE attrelid = 'phl.violations'::regclass AND attname = 'cartodb_id'")[0][0] == 1
+    assert {"violations_address", "violations_code_opened"} <= {r[0] for r in db(carto_db, "SELECT indexname FROM pg_indexes WHERE schemaname = 'phl' AND tablename = 'violations'")}
+
+
+def test_failed_batch_job_fails_the_load_with_its_reason(transport, emu, carto_db):
+    emu.inject("query", "statement_timeout", times=1, match="select no_such_function")
+    with pytest.raises(CartoError, match=r"Batch SQL job .* failed: .*no_such_function"):
+        transport.long_query("SELECT no_such_function()")

@@ -50,6 +50,9 @@ MAX_ATTEMPTS = 5
 BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 30.0
 RETRY_AFTER_MAX = 120.0
+JOB_POLL_INITIAL = 1.0
+JOB_POLL_MAX = 15.0
+JOB_DEADLINE = 6 * 3600.0  # the Batch SQL API itself allows 12 h per job
 PUBLIC_ROLE = "publicuser"
 TIMEOUT_HINT = ("the statement exceeded CARTO's SQL API statement timeout; split it into smaller statements "
                 "or run it through the Batch SQL API (/api/v2/sql/job)")
@@ -168,10 +171,19 @@ class CartoTransport:
                              f"(while running: {_first_line(copy_statement)})")
         return total
 
+    def long_query(self, statement: str) -> None:
+        """A statement that may outlast the SQL API's statement timeout (cartodbfy, VACUUM, CREATE INDEX on a
+        large table): tried on the SQL API first; on a timeout 429 it runs as a Batch SQL API job instead."""
+        try:
+            self.query(statement)
+        except CartoTimeoutError:
+            log.info("%s: %s passed the SQL API timeout; running it through the Batch SQL API", self.name, _first_line(statement))
+            self._batch_job(statement)
+
     def finish_shadow(self, schema: str, shadow: str, table_schema: TableSchema) -> None:
         # §8.6: the regclass argument is qualified, or a same-named table elsewhere on search_path is taken.
-        self.query(f"SELECT CDB_CartodbfyTable({sql.literal(schema)}, {sql.literal(sql.qualified(schema, shadow))})")
-        self.query(f"VACUUM ANALYZE {sql.qualified(schema, shadow)}")  # VACUUM cannot share a request
+        self.long_query(f"SELECT CDB_CartodbfyTable({sql.literal(schema)}, {sql.literal(sql.qualified(schema, shadow))})")
+        self.long_query(f"VACUUM ANALYZE {sql.qualified(schema, shadow)}")  # VACUUM cannot share a request
 
     def post_swap(self, schema: str, table: str, table_schema: TableSchema, dataset: Dataset) -> None:
         """Privacy: the table is public on CARTO iff ``publicuser`` may SELECT it; it should be iff granted."""
@@ -201,6 +213,33 @@ class CartoTransport:
 
     def close(self) -> None:
         self._session.close()
+
+    # --- Batch SQL API ----------------------------------------------------------------------------------
+
+    def _batch_job(self, statement: str) -> None:
+        """Create a job, poll it with growing intervals until it is done, and fail with its reason otherwise;
+        past the deadline the job is cancelled (so nothing keeps running behind a failed load)."""
+        path = self._path + "/job"
+        job = self._call(path, statement, lambda: self._session.post(
+            self._endpoint + "/job", json={"query": statement, "api_key": self._api_key}, timeout=(CONNECT_TIMEOUT, QUERY_TIMEOUT)))
+        job_id = str(job.get("job_id", ""))
+        if not job_id:
+            raise CartoError(f"destination {self.name!r}: {path} created no job (while running: {_first_line(statement)})")
+        deadline, delay = time.monotonic() + JOB_DEADLINE, JOB_POLL_INITIAL
+        while True:
+            job = self._call(f"{path}/{job_id}", statement, lambda: self._session.get(
+                f"{self._endpoint}/job/{job_id}", params={"api_key": self._api_key}, timeout=(CONNECT_TIMEOUT, QUERY_TIMEOUT)))
+            status = job.get("status")
+            if status == "done":
+                return
+            if status in ("failed", "cancelled", "canceled", "unknown"):
+                reason = job.get("failed_reason") or status
+                raise CartoError(f"destination {self.name!r}: Batch SQL job {job_id} {status}: {reason} (while running: {_first_line(statement)})")
+            if time.monotonic() > deadline:
+                self._session.delete(f"{self._endpoint}/job/{job_id}", params={"api_key": self._api_key}, timeout=(CONNECT_TIMEOUT, QUERY_TIMEOUT))
+                raise CartoError(f"destination {self.name!r}: Batch SQL job {job_id} still {status} after {JOB_DEADLINE:.0f}s; cancelled")
+            time.sleep(delay)
+            delay = min(delay * 2, JOB_POLL_MAX)
 
     # --- HTTP -------------------------------------------------------------------------------------------
 
@@ -240,7 +279,7 @@ class CartoTransport:
 
     def _reply(self, response: requests.Response, where: str, what: str) -> dict[str, Any]:
         status = response.status_code
-        if status == 200:
+        if status in (200, 201):  # 201: a Batch SQL job was created
             try:
                 body = response.json()
             except ValueError:

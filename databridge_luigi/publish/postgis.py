@@ -59,6 +59,10 @@ class PostgisTransport:
         except psycopg.Error as exc:
             raise self._error(statement, exc) from None
 
+    def long_query(self, statement: str) -> None:
+        """No statement timeout to work around on a direct connection."""
+        self.query(statement)
+
     def transaction(self, statements: list[str]) -> None:
         conn = self._connection()
         try:

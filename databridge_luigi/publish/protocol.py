@@ -36,6 +36,7 @@ class Transport(Protocol):
     default_schema: str
 
     def query(self, statement: str) -> list[dict[str, Any]]: ...
+    def long_query(self, statement: str) -> None: ...
     def transaction(self, statements: list[str]) -> None: ...
     def copy_in(self, copy_statement: str, staged: StagedTable) -> int: ...
     def finish_shadow(self, schema: str, shadow: str, table_schema: TableSchema) -> None: ...
@@ -172,7 +173,7 @@ class Loader:
                 continue
             self.status(f"indexing {self.table} ({'+'.join(columns)})")
             method = "gist" if any(c == (table_schema.geometry.name if table_schema.geometry else None) or c.startswith("the_geom") for c in columns) else "btree"
-            self.transport.query(sql.create_index(self.schema, self.table, columns, method))
+            self.transport.long_query(sql.create_index(self.schema, self.table, columns, method))
 
     # --- helpers ----------------------------------------------------------------------------------------
 

@@ -52,7 +52,7 @@ def write(root: Path, rel: str, text: str) -> Path:
 def test_validate_shipped_configs(tmp_path):
     result = run("validate", str(CONFIGS), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"78 dataset(s) valid, 0 problem(s) in {CONFIGS}" in result.stdout
+    assert f"99 dataset(s) valid, 0 problem(s) in {CONFIGS}" in result.stdout
     assert_no_traceback(result)
 
 
@@ -109,11 +109,13 @@ def test_list_shipped_configs(tmp_path):
     rows = table_rows(result.stdout)
     assert rows[0] == ["DATASET", "KIND", "SCHEDULE (UTC)", "SOURCE", "DESTINATION"]
     body = {row[0]: row[1:] for row in rows[1:]}
-    assert len(rows) - 1 == len(body) == 78
+    assert len(rows) - 1 == len(body) == 99  # 78 Databridge + 20 Knack + 1 Airtable
+    assert [row[0] for row in body.values()].count("knack") == 20
+    assert body["airtable__immigrant_services"] == ["airtable", "manual", "airtable:immigrant_services", "carto_phl:oia_services"]
     assert body["lni__violations"] == ["databridge", "4 11 * * *", "databridge:gis_lni.violations", "carto_phl:violations"]
     assert body["ppr__ppr_playgrounds"][1] == "0 5 * Jan,Apr,Jul,Oct 0#1"
     assert body["commerce__koz_parcels"] == ["databridge", "manual", "databridge:gis_commerce.koz_parcels", "(staging only)"]
-    assert sum(row[1] == "manual" for row in body.values()) == 28
+    assert sum(row[1] == "manual" for row in body.values()) == 29  # 28 Databridge + the Airtable one
     assert sum(row[3] == "(staging only)" for row in body.values()) == 3
     assert_no_traceback(result)
 

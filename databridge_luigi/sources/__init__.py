@@ -22,6 +22,14 @@ def extract(dataset: Dataset, url: str, staged: StagedTable, progress: Progress 
             from .sql import extract_table
 
             extraction = extract_table(dataset, url, writer, progress)
+        elif dataset.kind == "knack":
+            from .knack import extract_knack
+
+            extraction = extract_knack(dataset, url, writer, progress)
+        elif dataset.kind == "airtable":
+            from .airtable import extract_airtable
+
+            extraction = extract_airtable(dataset, url, writer, progress)
         else:
             raise NotImplementedError(f"{dataset.id}: {dataset.kind} sources are not available in this build")
         schema = extraction.schema

@@ -384,3 +384,23 @@ def test_failed_batch_job_fails_the_load_with_its_reason(transport, emu, carto_d
     emu.inject("query", "statement_timeout", times=1, match="select no_such_function")
     with pytest.raises(CartoError, match=r"Batch SQL job .* failed: .*no_such_function"):
         transport.long_query("SELECT no_such_function()")
+
+
+def test_demo_examples_publish_to_carto(tmp_path, monkeypatch, emu, carto_db):
+    from pathlib import Path
+
+    from scripts.sample_databridge import build as build_sample
+
+    sample = build_sample(tmp_path / "databridge.sqlite", rows=300)
+    demo = Pipeline(tmp_path, f"sqlite:///{sample}", emu.connection_url("phl"), monkeypatch)
+    monkeypatch.setenv("DATABRIDGE_CONFIG_DIR", str(Path(__file__).resolve().parents[1] / "configs" / "examples"))
+    at(monkeypatch, "2026-11-24T12:00:00")
+    first = demo.run(PublishAll())
+    assert first.ok, first.summary
+    counts = {t: db(carto_db, f"SELECT count(*) FROM phl.{t}")[0][0] for t in ("violations", "zoning_districts", "permit_types")}
+    assert counts == {"violations": 300, "zoning_districts": 40, "permit_types": 6}
+    # cartodbfy: the_geom in 4326 for both layers, NULL geometry columns for the lookup table
+    assert db(carto_db, "SELECT DISTINCT ST_SRID(the_geom) FROM phl.zoning_districts") == [(4326,)]
+    assert db(carto_db, "SELECT count(*) FROM phl.permit_types WHERE the_geom IS NULL")[0][0] == 6
+    assert db(carto_db, "SELECT has_table_privilege('publicuser', 'phl.violations', 'SELECT')")[0][0] is True
+    assert demo.run(PublishAll()).did_nothing

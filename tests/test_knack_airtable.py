@@ -249,3 +249,34 @@ def test_the_twenty_knack_configs_and_the_airtable_config_load():
     assert (oia.id, oia.dest_table, oia.schedule, oia.grants) == ("airtable__immigrant_services", "oia_services", None, ("publicuser", "tileuser"))
     raw = (REPO / "configs/knack/carto_gsg/ppr/ppr_days.yml").read_text()
     assert raw.splitlines()[0] == "schedule_interval: 20 8 * * 2-6" and "knack_conn_id: knack_test" in raw
+
+
+# --- the same sources into the CARTO emulator -----------------------------------------------------------------
+
+def test_knack_and_airtable_publish_to_the_carto_emulator(tmp_path, monkeypatch, postgis_dsn, knack, airtable):
+    from tests.emulators.carto import CartoEmulator
+
+    ensure_role("publicuser")
+    ensure_role("tileuser")
+    carto_db = create_postgis_database("dbl_kacarto")
+    try:
+        with CartoEmulator(carto_db, {"phl": "phl-key-for-knack-airtable"}) as emu:
+            pipeline = Pipeline(tmp_path, postgis_dsn, emu.connection_url("phl"), monkeypatch)
+            knack.seed_all_field_types(APP, KEY, 2600, timezone="America/Chicago")
+            airtable.add_base(BASE, TOKEN, all_cell_types_tables(2600))
+            write(pipeline, "knack/carto_phl/ppr/facilities.yml", KNACK_CONFIG)
+            write(pipeline, "airtable/oia/services.yml", AIRTABLE_CONFIG)
+            run = pipeline.run(Publish(dataset_id="ppr__facilities__carto_phl", force=True), Publish(dataset_id="oia__services", force=True))
+            assert run.ok, run.summary
+            import psycopg
+
+            with psycopg.connect(carto_db) as conn:
+                assert conn.execute("SELECT count(*), count(the_geom) > 0 FROM phl.facilities").fetchone() == (2600, True)
+                assert conn.execute("SELECT count(*) FROM phl.oia_services").fetchone()[0] == 2600
+                staged = {row[0]: row for row in staged_csv(pipeline, "ppr__facilities__carto_phl")[1:]}
+                first_id = next(iter(staged))
+                # the same record's id arrives unchanged through the COPY API and cartodbfy
+                assert conn.execute("SELECT count(*) FROM phl.facilities WHERE id = %s", (first_id,)).fetchone()[0] == 1
+                assert conn.execute("SELECT has_table_privilege('publicuser', 'phl.oia_services', 'SELECT')").fetchone()[0] is True
+    finally:
+        drop_database(carto_db)

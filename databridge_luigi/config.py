@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -73,6 +74,55 @@ class GeometryOptions(_Strict):
     srid: int | None = Field(default=None, gt=0)
 
 
+GEOCODE_AIS_BUILTIN_FIELDS = ("lat", "lon", "shape", "geocode_type", "normalized", "match_type")
+GEOCODE_CENSUS_FIELDS = ("lat", "lon", "shape", "match_type", "matched_address")
+
+
+class GeocodeOptions(_Strict):
+    """The ``geocode:`` block: geocode every row between extract and load (see ``databridge_luigi.geocode``)."""
+
+    provider: Literal["ais", "census"] = "ais"
+    conn: str | None = None  # ais: default "ais"; census: default "census" if defined, else the public URL
+    query_fields: list[StrictStr] = Field(min_length=1)
+    fields: list[StrictStr] = Field(default=["lat", "lon", "shape"], min_length=1)
+    srid: Literal[4326, 2272] = 4326
+    address_only: StrictBool = True
+    allow_estimates: StrictBool = False
+    zip_field: str | None = None
+    city: str = "Philadelphia"  # census only: the city and state sent with every address
+    state: str = "PA"
+    remove_fields: list[StrictStr] = []
+    max_miss_ratio: float = Field(default=0.2, ge=0, le=1)
+    cache_max_age_days: float = Field(default=90, ge=0)
+    max_in_flight: int = Field(default=4, ge=1, le=64)
+    rate_per_second: float = Field(default=5, gt=0)
+
+    @field_validator("query_fields", "remove_fields")
+    @classmethod
+    def _columns(cls, value: list[str]) -> list[str]:
+        for column in value:
+            if not _COLUMN.match(column):
+                raise ValueError(f"{column!r} is not a column name")
+        return [c.lower() for c in value]
+
+    @field_validator("zip_field")
+    @classmethod
+    def _zip(cls, value: str | None) -> str | None:
+        if value is not None and not _COLUMN.match(value):
+            raise ValueError(f"{value!r} is not a column name")
+        return value.lower() if value else value
+
+    @field_validator("fields")
+    @classmethod
+    def _fields(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.match(r"^[a-z_][a-z0-9_]*$", name):
+                raise ValueError(f"{name!r} is not a field name (lower-case letters, digits and _)")
+        if len(set(value)) != len(value):
+            raise ValueError("a field is listed twice")
+        return value
+
+
 class DatasetFile(_Strict):
     """The keys a dataset YAML file may hold."""
 
@@ -95,6 +145,7 @@ class DatasetFile(_Strict):
     row_count_tolerance: float = Field(default=0.15, ge=0)
     timezone: str = "America/New_York"
     schema_override: str | None = None
+    geocode: GeocodeOptions | None = None
 
     @field_validator("schedule_interval", mode="before")
     @classmethod
@@ -168,6 +219,7 @@ class Dataset:
     carto_env: str | None = None
     knack_object_id: int | None = None
     airtable_base: str | None = None
+    geocode: GeocodeOptions | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -263,6 +315,8 @@ def _problem(path: str, error: dict[str, Any]) -> ConfigProblem:
         for part in error["loc"][:-1]:
             annotation = model.model_fields.get(str(part))
             model = annotation.annotation if annotation else model  # type: ignore[assignment]
+            # An optional block (``X | None``): look inside for the model.
+            model = next((a for a in typing.get_args(model) if isinstance(a, type) and issubclass(a, BaseModel)), model)  # type: ignore[assignment]
         names = [f.alias or n for n, f in model.model_fields.items()] if isinstance(model, type) and issubclass(model, BaseModel) else []
         close = difflib.get_close_matches(field_name, names, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -294,6 +348,16 @@ def _build_dataset(where: str, kind: str, dept: str, table: str, env: str | None
     for key, conn in (("source.conn", source_conn), ("destination.conn", dest_conn)):
         if not _CONN_NAME.match(conn):
             problems.append(ConfigProblem(where, key, f"connection name {conn!r} must start with a letter and hold only letters, digits, _ . -"))
+    if spec.geocode is not None:
+        geocode = spec.geocode
+        if geocode.conn is not None and not _CONN_NAME.match(geocode.conn):
+            problems.append(ConfigProblem(where, "geocode.conn", f"connection name {geocode.conn!r} must start with a letter and hold only letters, digits, _ . -"))
+        if geocode.provider == "census":
+            unknown = [f for f in geocode.fields if f not in GEOCODE_CENSUS_FIELDS]
+            if unknown:
+                problems.append(ConfigProblem(where, "geocode.fields", f"{unknown[0]!r} is not a census field (one of {', '.join(GEOCODE_CENSUS_FIELDS)})"))
+            if geocode.srid != 4326:
+                problems.append(ConfigProblem(where, "geocode.srid", "the census geocoder answers in lon/lat: srid must be 4326"))
     if spec.schema_override and not (Path(where).parent / spec.schema_override).is_file():
         problems.append(ConfigProblem(where, "schema_override", f"file {spec.schema_override!r} not found next to the config"))
     if problems:
@@ -326,6 +390,7 @@ def _build_dataset(where: str, kind: str, dept: str, table: str, env: str | None
         carto_env=env,
         knack_object_id=spec.knack_object_id,
         airtable_base=spec.source.base,
+        geocode=spec.geocode,
     )
 
 

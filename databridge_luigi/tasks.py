@@ -95,13 +95,48 @@ class Extract(DatasetTask):
         self.status(f"extracted {rows}{f' of {total}' if total else ''} rows", percent, force=False)
 
 
+class Geocode(DatasetTask):
+    """Extracted table → the same rows with geocoded fields, staged as ``<dataset_id>__geocoded/<version>``
+    (only for datasets with a ``geocode:`` block; see ``databridge_luigi.geocode``)."""
+
+    def requires(self) -> Extract:
+        return Extract(dataset_id=self.dataset_id, version=self.version)
+
+    def output(self) -> StagedTableTarget:
+        return StagedTableTarget(staged_table(f"{self.dataset_id}__geocoded", str(self.version)))
+
+    def run(self) -> None:
+        from .geocode import geocode_table
+
+        dataset = self.dataset
+        staged = self.output().staged
+        self.status(f"geocoding with {dataset.geocode.provider if dataset.geocode else '-'}")
+        manifest = geocode_table(dataset, self.input().staged, staged, progress=self._progress)
+        facts = manifest.source.get("geocode", {})
+        self.status(f"geocoded {manifest.rows} rows: {facts.get('hits')} hits, {facts.get('misses')} misses, "
+                    f"{facts.get('cache_hits')} cached queries, {facts.get('api_calls')} API calls", 100)
+
+    def _progress(self, rows: int, total: int | None = None, hits: int = 0, misses: int = 0,
+                  phase: str | None = None, force: bool = True) -> None:
+        percent = 100.0 * rows / total if total else None
+        message = phase or f"geocoded {rows}{f' of {total}' if total else ''} rows: {hits} hits, {misses} misses"
+        self.status(message, percent, force=force)
+
+
+def staged_input(dataset: Dataset, version: str) -> DatasetTask:
+    """The task whose staged table a load reads: Geocode when the dataset geocodes, else Extract."""
+    if dataset.geocode is not None:
+        return Geocode(dataset_id=dataset.id, version=version)
+    return Extract(dataset_id=dataset.id, version=version)
+
+
 class Load(DatasetTask):
     """Staged table → live destination table, by the load protocol."""
 
     force = luigi.BoolParameter(default=False, description="rewrite the table even if the data is unchanged")
 
-    def requires(self) -> Extract:
-        return Extract(dataset_id=self.dataset_id, version=self.version)
+    def requires(self) -> DatasetTask:
+        return staged_input(self.dataset, str(self.version))
 
     @property
     def resources(self) -> dict[str, int]:  # type: ignore[override]
@@ -150,7 +185,7 @@ class Publish(luigi.WrapperTask):
     def requires(self) -> luigi.Task:
         dataset = registry().get(str(self.dataset_id))
         if not dataset.publish:  # upload_to_carto: false — stage only, as the old S3-only DAGs did
-            return Extract(dataset_id=dataset.id, version=self.resolved_version)
+            return staged_input(dataset, self.resolved_version)
         return Load(dataset_id=dataset.id, version=self.resolved_version, force=bool(self.force))
 
 

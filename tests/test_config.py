@@ -432,6 +432,8 @@ BROKEN_CASES: dict[str, tuple[str | re.Pattern, str]] = {
     "schema_override_missing": ("schema_override", r"'schemas/missing\.json' not found"),
     "destination_conn_bad": ("destination.conn", r"connection name 'bad name!'"),
     "destination_table_bad": ("destination.table", r"'Violations 2024' must be lower-case"),
+    "geocode_query_fields_missing": ("geocode.query_fields", r"field required"),
+    "geocode_unknown_key_feilds": ("geocode.feilds", r"unknown key \(did you mean 'fields'\?\)"),
 }
 
 

@@ -34,6 +34,7 @@ from urllib.parse import quote, unquote, urlsplit
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
+from ..http_limits import Retryable, retry_wait
 from ..connections import redact, register_secret
 
 log = logging.getLogger(__name__)
@@ -45,12 +46,6 @@ BUILTIN = ("lat", "lon", "shape", "geocode_type", "normalized", "match_type")
 
 class GeocodeError(RuntimeError):
     """A geocode run that cannot go on (bad connection, bad key, too many misses)."""
-
-
-class _Retryable(Exception):
-    def __init__(self, message: str, wait: float | None = None):
-        super().__init__(message)
-        self.wait = wait
 
 
 def backoff_base() -> float:
@@ -153,14 +148,14 @@ class AISClient:
     def _search_logged(self, query: str) -> list[dict[str, Any]] | None:
         try:
             return self.search(query)
-        except _Retryable as exc:
+        except Retryable as exc:
             with self._count_lock:
                 self.errors += 1
             log.warning("%s: AIS gave up on %r after %d attempts: %s", self.dataset_id, query, MAX_ATTEMPTS, exc)
             return None
 
     def search(self, query: str) -> list[dict[str, Any]]:
-        retrying = Retrying(retry=retry_if_exception_type(_Retryable), wait=_wait, stop=stop_after_attempt(MAX_ATTEMPTS),
+        retrying = Retrying(retry=retry_if_exception_type(Retryable), wait=retry_wait(backoff_base), stop=stop_after_attempt(MAX_ATTEMPTS),
                             reraise=True, before_sleep=self._before_sleep)
         return retrying(self._search_once, query)
 
@@ -181,15 +176,15 @@ class AISClient:
         try:
             response = self._session().get(url, params=params, timeout=TIMEOUT)
         except (requests.Timeout, requests.ConnectionError) as exc:
-            raise _Retryable(f"{type(exc).__name__}: {redact(str(exc))[:200]}") from None
+            raise Retryable(f"{type(exc).__name__}: {redact(str(exc))[:200]}") from None
         status = response.status_code
         if status == 404:
             return []
         if status == 429:
             retry_after = response.headers.get("Retry-After", "")
-            raise _Retryable("HTTP 429", wait=min(float(retry_after), 30.0) if retry_after.isdigit() else None)
+            raise Retryable("HTTP 429", wait=min(float(retry_after), 30.0) if retry_after.isdigit() else None)
         if status >= 500:
-            raise _Retryable(f"HTTP {status}")
+            raise Retryable(f"HTTP {status}")
         if status in (401, 403):
             raise GeocodeError(f"{self.dataset_id}: AIS refused the key (HTTP {status}): check the connection")
         if status != 200:
@@ -198,13 +193,8 @@ class AISClient:
         try:
             body = response.json()
         except (ValueError, json.JSONDecodeError):
-            raise _Retryable("response body is not complete JSON") from None
+            raise Retryable("response body is not complete JSON") from None
         normalized = body.get("normalized")
         return [candidate(f, normalized, self.properties) for f in body.get("features") or []]
 
 
-def _wait(state: RetryCallState) -> float:
-    exc = state.outcome.exception() if state.outcome else None
-    if isinstance(exc, _Retryable) and exc.wait is not None:
-        return exc.wait
-    return min(backoff_base() * 2 ** (state.attempt_number - 1), 10.0)

@@ -22,7 +22,8 @@ import requests
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from ..connections import redact
-from .ais import GeocodeError, _Retryable, _wait
+from ..http_limits import Retryable, retry_wait
+from .ais import GeocodeError, backoff_base
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +67,11 @@ class CensusClient:
         for index, address in enumerate(addresses):
             writer.writerow([index, *address])
         body = out.getvalue().encode("utf-8")
-        retrying = Retrying(retry=retry_if_exception_type(_Retryable), wait=_wait, stop=stop_after_attempt(MAX_ATTEMPTS),
+        retrying = Retrying(retry=retry_if_exception_type(Retryable), wait=retry_wait(backoff_base), stop=stop_after_attempt(MAX_ATTEMPTS),
                             reraise=True, before_sleep=lambda state: self._count_retry())
         try:
             text = retrying(self._post, body)
-        except _Retryable as exc:
+        except Retryable as exc:
             raise GeocodeError(f"{self.dataset_id}: Census batch of {len(addresses)} rows failed after {MAX_ATTEMPTS} attempts: {exc}") from None
         return parse_reply(text, len(addresses))
 
@@ -83,9 +84,9 @@ class CensusClient:
             response = self.session.post(f"{self.base_url}/locations/addressbatch", data={"benchmark": BENCHMARK},
                                          files={"addressFile": ("addresses.csv", body, "text/csv")}, timeout=TIMEOUT)
         except (requests.Timeout, requests.ConnectionError) as exc:
-            raise _Retryable(f"{type(exc).__name__}: {redact(str(exc))[:200]}") from None
+            raise Retryable(f"{type(exc).__name__}: {redact(str(exc))[:200]}") from None
         if response.status_code == 429 or response.status_code >= 500:
-            raise _Retryable(f"HTTP {response.status_code}")
+            raise Retryable(f"HTTP {response.status_code}")
         if response.status_code != 200:
             raise GeocodeError(f"{self.dataset_id}: Census geocoder HTTP {response.status_code}: {response.text[:200]}")
         return response.content.decode("utf-8", "replace")

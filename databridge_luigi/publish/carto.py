@@ -257,7 +257,7 @@ class CartoTransport:
         def attempt() -> dict[str, Any]:
             try:
                 response = send()
-            except requests.ReadTimeout as exc:
+            except requests.ReadTimeout:
                 error = CartoError(f"{where}: read timeout, no reply in time {what}")
                 if retry_read_timeout:
                     raise _Retryable(error) from None

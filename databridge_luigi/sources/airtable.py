@@ -27,10 +27,8 @@ import logging
 import os
 import re
 import tempfile
-import threading
 import time
 import unicodedata
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +38,7 @@ import requests
 from pyairtable import Api
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
+from ..http_limits import RateLimiter, Retryable, retry_wait
 from ..config import Dataset
 from ..connections import redact, register_secret
 from ..schema import Column, TableSchema
@@ -75,12 +74,6 @@ class AirtableError(ExtractError):
     """An Airtable call failed in a way retrying will not fix."""
 
 
-class _Retryable(Exception):
-    def __init__(self, message: str, wait: float | None = None):
-        super().__init__(message)
-        self.wait = wait
-
-
 class _IteratorExpired(Exception):
     pass
 
@@ -106,28 +99,6 @@ def penalty_seconds() -> float:
     return float(os.environ.get("DATABRIDGE_AIRTABLE_PENALTY_SECONDS", PENALTY_SECONDS))
 
 
-class _Limiter:
-    def __init__(self, per_second: int, period: float = 1.1):
-        self.per_second, self.period = per_second, period
-        self._sent: deque[float] = deque()
-        self._lock = threading.Lock()
-
-    def wait(self) -> None:
-        with self._lock:
-            now = time.monotonic()
-            while self._sent and self._sent[0] <= now - self.period:
-                self._sent.popleft()
-            if len(self._sent) >= self.per_second:
-                time.sleep(max(0.0, self._sent[0] + self.period - now))
-                self._sent.popleft()
-            self._sent.append(time.monotonic())
-
-
-def _wait(state: RetryCallState) -> float:
-    exc = state.outcome.exception() if state.outcome else None
-    if isinstance(exc, _Retryable) and exc.wait is not None:
-        return exc.wait
-    return min(0.5 * 2 ** (state.attempt_number - 1), 10.0)
 
 
 class LimitedApi(Api):
@@ -137,17 +108,17 @@ class LimitedApi(Api):
     def __init__(self, token: str, *, endpoint_url: str, dataset_id: str):
         super().__init__(token, timeout=TIMEOUT, retry_strategy=None, endpoint_url=endpoint_url)
         self.dataset_id = dataset_id
-        self.limiter = _Limiter(REQUESTS_PER_SECOND)
+        self.limiter = RateLimiter(REQUESTS_PER_SECOND, period=1.1)
         self.calls = 0
         self.rate_limited = 0
         self.retries = 0
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-        retrying = Retrying(retry=retry_if_exception_type(_Retryable), wait=_wait, stop=stop_after_attempt(MAX_ATTEMPTS),
+        retrying = Retrying(retry=retry_if_exception_type(Retryable), wait=retry_wait(), stop=stop_after_attempt(MAX_ATTEMPTS),
                             reraise=True, before_sleep=self._before_sleep)
         try:
             return retrying(self._request_once, method, url, *args, **kwargs)
-        except _Retryable as exc:
+        except Retryable as exc:
             raise AirtableError(f"{self.dataset_id}: Airtable {_path(url)}: gave up after {MAX_ATTEMPTS} attempts: {exc}") from None
 
     def _before_sleep(self, state: RetryCallState) -> None:
@@ -166,16 +137,16 @@ class LimitedApi(Api):
             detail = " ".join(str(a) for a in exc.args[1:]) or (exc.response.text[:300] if exc.response is not None else "")
             if status == 429:
                 self.rate_limited += 1
-                raise _Retryable("HTTP 429 rate limit (penalty)", wait=penalty_seconds() + 0.25) from None
+                raise Retryable("HTTP 429 rate limit (penalty)", wait=penalty_seconds() + 0.25) from None
             if status >= 500:
-                raise _Retryable(f"HTTP {status}") from None
+                raise Retryable(f"HTTP {status}") from None
             if status == 422 and "LIST_RECORDS_ITERATOR_NOT_AVAILABLE" in detail:
                 raise _IteratorExpired(detail) from None
             raise AirtableError(f"{self.dataset_id}: Airtable {_path(url)}: HTTP {status}: {redact(detail)}") from None
         except (requests.Timeout, requests.ConnectionError) as exc:
-            raise _Retryable(f"{type(exc).__name__}: {redact(str(exc))[:200]}") from None
+            raise Retryable(f"{type(exc).__name__}: {redact(str(exc))[:200]}") from None
         except ValueError:  # a 200 whose JSON body was cut short
-            raise _Retryable("response body is not complete JSON") from None
+            raise Retryable("response body is not complete JSON") from None
 
 
 def _path(url: str) -> str:

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,6 +37,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import requests
 from tenacity import RetryCallState, retry, retry_if_exception_type, stop_after_attempt
 
+from ..http_limits import RateLimiter, Retryable, retry_wait
 from ..config import Dataset
 from ..connections import redact, register_secret
 from ..schema import Column, TableSchema
@@ -107,12 +106,6 @@ class KnackPlanLimitError(KnackError):
     """The app's daily API plan limit is used up."""
 
 
-class _Retryable(Exception):
-    def __init__(self, message: str, wait: float | None = None):
-        super().__init__(message)
-        self.wait = wait
-
-
 # --- connection URL -----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -135,30 +128,6 @@ def parse_url(url: str) -> KnackConnection:
 
 # --- HTTP client --------------------------------------------------------------------------------------------
 
-class RateLimiter:
-    """At most ``per_second`` calls in any sliding window of a second (plus a small margin for latency)."""
-
-    def __init__(self, per_second: int, period: float = 1.05):
-        self.per_second, self.period = per_second, period
-        self._sent: deque[float] = deque()
-        self._lock = threading.Lock()
-
-    def wait(self) -> None:
-        with self._lock:
-            now = time.monotonic()
-            while self._sent and self._sent[0] <= now - self.period:
-                self._sent.popleft()
-            if len(self._sent) >= self.per_second:
-                time.sleep(max(0.0, self._sent[0] + self.period - now))
-                self._sent.popleft()
-            self._sent.append(time.monotonic())
-
-
-def _wait(state: RetryCallState) -> float:
-    exc = state.outcome.exception() if state.outcome else None
-    if isinstance(exc, _Retryable) and exc.wait is not None:
-        return exc.wait
-    return min(0.5 * 2 ** (state.attempt_number - 1), 10.0)
 
 
 class KnackClient:
@@ -174,14 +143,14 @@ class KnackClient:
         self.session.close()
 
     def get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        @retry(retry=retry_if_exception_type(_Retryable), wait=_wait, stop=stop_after_attempt(MAX_ATTEMPTS),
+        @retry(retry=retry_if_exception_type(Retryable), wait=retry_wait(), stop=stop_after_attempt(MAX_ATTEMPTS),
                reraise=True, before_sleep=self._before_sleep)
         def attempt() -> dict[str, Any]:
             return self._get_once(path, params)
 
         try:
             return attempt()
-        except _Retryable as exc:
+        except Retryable as exc:
             raise KnackError(f"{self.dataset_id}: Knack {path}: gave up after {MAX_ATTEMPTS} attempts: {exc}") from None
 
     def _before_sleep(self, state: RetryCallState) -> None:
@@ -195,7 +164,7 @@ class KnackClient:
         try:
             response = self.session.get(self.conn.base_url + path, params=params, timeout=TIMEOUT)
         except (requests.Timeout, requests.ConnectionError) as exc:
-            raise _Retryable(f"{type(exc).__name__}: {redact(str(exc))[:200]}") from None
+            raise Retryable(f"{type(exc).__name__}: {redact(str(exc))[:200]}") from None
         status = response.status_code
         if status == 429:
             headers = response.headers
@@ -209,13 +178,13 @@ class KnackClient:
                 )
             return self._rate_limited(headers)
         if status >= 500:
-            raise _Retryable(f"HTTP {status}")
+            raise Retryable(f"HTTP {status}")
         if status >= 400:
             raise KnackError(f"{self.dataset_id}: Knack {path}: HTTP {status}: {redact(response.text[:300])}")
         try:
             return response.json()
         except ValueError:  # a body cut short on the way: the same as a reset connection
-            raise _Retryable(f"HTTP {status} with a body that is not complete JSON") from None
+            raise Retryable(f"HTTP {status} with a body that is not complete JSON") from None
 
     def _rate_limited(self, headers: Any) -> dict[str, Any]:
         wait = 1.0
@@ -224,7 +193,7 @@ class KnackClient:
             wait = float(reset) - time.time() if reset else 1.0
         except ValueError:
             pass
-        raise _Retryable("HTTP 429 rate limit exceeded", wait=min(max(wait, 0.2), 5.0))
+        raise Retryable("HTTP 429 rate limit exceeded", wait=min(max(wait, 0.2), 5.0))
 
 
 # --- schema -------------------------------------------------------------------------------------------------

@@ -1,0 +1,51 @@
+"""What the HTTP source and geocoder clients share: a retryable-failure type that may carry the server's
+requested wait, the tenacity wait rule that honours it, and a client-side request rate limit."""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from tenacity import RetryCallState
+
+
+class Retryable(Exception):
+    """A transient failure (429, 5xx, timeout, reset); ``wait`` is the server's Retry-After/penalty, if any."""
+
+    def __init__(self, message: str, wait: float | None = None):
+        super().__init__(message)
+        self.wait = wait
+
+
+def retry_wait(base: float | Callable[[], float] = 0.5, cap: float = 10.0) -> Callable[[RetryCallState], float]:
+    """The server's wait when it named one, else exponential backoff from ``base`` (a number or a getter)."""
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, Retryable) and exc.wait is not None:
+            return exc.wait
+        start = base() if callable(base) else base
+        return min(start * 2 ** (state.attempt_number - 1), cap)
+
+    return wait
+
+
+class RateLimiter:
+    """At most ``per_second`` calls in any sliding window of ``period`` seconds (a small margin over one
+    second absorbs latency between our clock and the server's), across threads."""
+
+    def __init__(self, per_second: int, period: float = 1.05):
+        self.per_second, self.period = per_second, period
+        self._sent: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            while self._sent and self._sent[0] <= now - self.period:
+                self._sent.popleft()
+            if len(self._sent) >= self.per_second:
+                time.sleep(max(0.0, self._sent[0] + self.period - now))
+                self._sent.popleft()
+            self._sent.append(time.monotonic())

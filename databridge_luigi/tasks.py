@@ -201,8 +201,9 @@ class PublishAll(luigi.WrapperTask):
     def complete(self) -> bool:
         started = time.monotonic()
         pending = [task for task in self.requires() if not task.complete()]
-        if not pending and not getattr(self, "_reported", False):
-            self._reported = True
+        first_check = not getattr(self, "_checked", False)
+        self._checked = True
+        if not pending and first_check:  # later checks (after running) are not "nothing to do"
             skipped = [d.id for d in registry() if d.enabled and d.schedule is None]
             log.info("PublishAll: nothing to do — all %d scheduled datasets are published at their due versions "
                      "(%d manual datasets not scheduled; checked in %.2fs at %s)",

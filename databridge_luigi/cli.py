@@ -95,6 +95,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 1 if unknown else 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from . import batch
+
+    if args.dataset_ids and (args.all or args.due):
+        raise SystemExit("databridge-luigi submit: give dataset ids or --all/--due, not both")
+    if not args.dataset_ids and not (args.all or args.due):
+        raise SystemExit("databridge-luigi submit: give dataset ids, --all or --due")
+    mode = "due" if args.due else "all" if args.all else None
+    datasets = _load(_config_dir(args.config_dir))
+    selected = batch.select_datasets(datasets, args.dataset_ids, mode)
+    manual = [d.id for d, version in selected if version is None and not args.force]
+    if manual:
+        raise SystemExit(f"databridge-luigi submit: manual dataset(s) need --force: {', '.join(manual)}")
+    if args.force:  # --force publishes "now" in the job; a pinned version would win over it
+        selected = [(d, None) for d, _ in selected]
+    settings = batch.BatchSettings.from_config(job_queue=args.queue, job_definition=args.job_definition,
+                                               scheduler_host=args.scheduler_host)
+    return batch.run(selected, settings, wait=not args.no_wait, deadline_seconds=args.deadline, force=args.force,
+                     poll_initial=args.poll_interval)
+
+
 def _print_table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -110,6 +131,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     validate.add_argument("dir", nargs="?")
     validate.set_defaults(func=cmd_validate)
     sub.add_parser("plan", help="each dataset's due version and whether it is published").set_defaults(func=cmd_plan)
+    submit = sub.add_parser("submit", help="run datasets as AWS Batch jobs and wait for them ([databridge_batch] in luigi.cfg)")
+    submit.add_argument("dataset_ids", nargs="*", metavar="DATASET_ID")
+    which = submit.add_mutually_exclusive_group()
+    which.add_argument("--all", action="store_true", help="one job per enabled, scheduled dataset")
+    which.add_argument("--due", action="store_true", help="like --all, but only datasets whose due version is not published")
+    submit.add_argument("--queue", help="job queue (default [databridge_batch] job_queue)")
+    submit.add_argument("--job-definition", help="job definition name, name:revision or ARN")
+    submit.add_argument("--scheduler-host", help="luigid host the jobs report to ('local' = --local-scheduler)")
+    submit.add_argument("--force", action="store_true", help="the jobs publish a new version now (Publish --force)")
+    submit.add_argument("--no-wait", action="store_true", help="submit and exit without waiting")
+    submit.add_argument("--deadline", type=float, help="seconds to wait for all jobs (default: timeout x attempts + 1h)")
+    submit.add_argument("--poll-interval", type=float, default=2.0, help=argparse.SUPPRESS)
+    submit.set_defaults(func=cmd_submit)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

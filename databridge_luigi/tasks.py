@@ -17,6 +17,7 @@ import luigi
 
 from .config import Dataset, Registry, default_config_dir
 from .connections import redact, redacted_traceback, resolve
+from . import notify
 from .publish import transports
 from .publish.protocol import Loader
 from .schedule import due_version, forced_version, parse_version
@@ -216,3 +217,8 @@ class PublishAll(luigi.WrapperTask):
 def _forget_snapshot(task: luigi.Task) -> None:
     if isinstance(task, Load):
         published_versions.clear()
+
+
+@DatasetTask.event_handler(luigi.Event.FAILURE)
+def _alert_slack(task: DatasetTask, exception: BaseException) -> None:
+    notify.on_failure(task, exception)  # the webhook is looked up only now, never at import

@@ -1,0 +1,313 @@
+#!/usr/bin/env python3
+"""Benchmark: databridge-luigi against the floor and a peer, side by side on the same data, in one run.
+
+    .venv/bin/python bench/run.py                    # N = 100k and 1M
+    .venv/bin/python bench/run.py --rows 100000      # one size
+    .venv/bin/python bench/run.py --with-5m          # add 5M rows
+    .venv/bin/python bench/run.py --write-readme     # also write the table into bench/README.md
+
+For each N it generates a source table in the local PostgreSQL (a point in EPSG:2272 and 12 columns of mixed
+types, ~150 bytes a row) and measures:
+
+  floor     psql \\copy (SELECT … ST_AsEWKT(geom) …) TO STDOUT | psql \\copy dest FROM STDIN (no staging, no swap)
+  postgis   luigi … Publish --force, staging in S3 (moto server), PostGIS destination
+  carto     the same to the CARTO emulator (COPY API, cartodbfy, swap), staging in S3
+  dlt       dlt sql_table → postgres, write_disposition=replace (insert-from-staging), same rows (geometry as EWKT)
+  no-op     PublishAll over 100 configured, already-published datasets (decides "nothing to do")
+
+Wall seconds, rows/s, ratio to the floor and peak RSS of the measured process tree (sampled every 20 ms from
+/proc, summed over the tree) are printed as a table. Needs: the local PostgreSQL with PostGIS (as the tests);
+for the peer, `pip install -e '.[bench]'` (dlt); the row is skipped with a note when dlt is missing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.conftest import ADMIN_DSN, create_postgis_database, drop_database, ensure_role  # noqa: E402
+
+BIN = Path(sys.executable).parent
+COLUMNS = (
+    "id bigint, name text, category text, amount numeric(12,2), ratio double precision, visits integer, "
+    "active boolean, opened date, updated timestamp, notes text, code text, zip text, geom geometry(Point, 2272)"
+)
+GENERATE = """
+INSERT INTO bench.{table}
+SELECT g, 'Name ' || g, (ARRAY['permit','violation','license','appeal'])[1 + g % 4], (g % 100000) / 100.0,
+       (g % 997) / 997.0, g % 5000, g % 3 = 0, date '2020-01-01' + (g % 1500), timestamp '2024-01-01' + g * interval '37 seconds',
+       CASE WHEN g % 5 = 0 THEN NULL ELSE 'note ' || md5(g::text) END, 'C' || (g % 97), '191' || lpad((g % 60)::text, 2, '0'),
+       ST_SetSRID(ST_MakePoint(2660000 + (g % 70000), 210000 + (g % 100000)), 2272)
+FROM generate_series(1, {rows}) g
+"""
+FLOOR_SELECT = ("SELECT id, name, category, amount, ratio, visits, active, opened, updated, notes, code, zip, "
+                "ST_AsEWKT(geom) FROM bench.{table}")
+
+
+@dataclass
+class Result:
+    name: str
+    rows: int
+    seconds: float | None
+    peak_mb: float | None
+    note: str = ""
+
+
+# --- measuring a process tree ------------------------------------------------------------------------------
+
+def _tree_rss_kb(root_pid: int) -> int:
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/statm") as f:
+                pages = int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        pid, ppid = int(entry), int(fields[1])
+        children.setdefault(ppid, []).append(pid)
+        rss[pid] = pages * os.sysconf("SC_PAGE_SIZE") // 1024
+    total, stack = 0, [root_pid]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack += children.get(pid, [])
+    return total
+
+
+def run_measured(command: list[str] | str, env: dict[str, str] | None = None, shell: bool = False) -> tuple[float, float]:
+    """Run a command; return (wall seconds, peak RSS in MB of its whole process tree)."""
+    started = time.monotonic()
+    process = subprocess.Popen(command, env=env, shell=shell, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, _tree_rss_kb(process.pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, stderr = process.communicate()
+    elapsed = time.monotonic() - started
+    stop.set()
+    sampler.join()
+    if process.returncode != 0:
+        raise RuntimeError(f"{command!r} exited {process.returncode}: {stderr.decode(errors='replace')[-1500:]}")
+    return elapsed, peak / 1024
+
+
+# --- the contestants ---------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_service(args: list[str]) -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    url = process.stdout.readline().strip()  # the emulators print their URL first
+    return process, url
+
+
+class Bench:
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.src = create_postgis_database("dbl_bench_src")
+        self.dest = create_postgis_database("dbl_bench_dest")
+        self.carto_db = create_postgis_database("dbl_bench_carto")
+        ensure_role("publicuser")
+        ensure_role("tileuser")
+        self._sql(self.src, "CREATE SCHEMA bench")
+        port = free_port()
+        self.moto = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.moto_url = f"http://127.0.0.1:{port}"
+        self.carto, self.carto_url = start_service([sys.executable, "-m", "tests.emulators.carto", "--dsn", self.carto_db,
+                                                     "--account", "bench:bench-master-key", "--port", str(free_port())])
+        self._wait_for(self.moto_url)
+        import boto3
+
+        boto3.client("s3", endpoint_url=self.moto_url, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x").create_bucket(Bucket="bench")
+
+    @staticmethod
+    def _wait_for(url: str) -> None:
+        import urllib.request
+
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(url, timeout=1)
+                return
+            except Exception:
+                time.sleep(0.1)
+
+    @staticmethod
+    def _sql(dsn: str, statement: str) -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(statement)
+
+    def close(self) -> None:
+        for process in (self.moto, self.carto):
+            process.terminate()
+            process.wait(timeout=20)
+        for dsn in (self.src, self.dest, self.carto_db):
+            drop_database(dsn)
+
+    def make_table(self, rows: int) -> str:
+        table = f"points_{rows}"
+        self._sql(self.src, f"CREATE TABLE bench.{table} ({COLUMNS})")
+        self._sql(self.src, GENERATE.format(table=table, rows=rows))
+        self._sql(self.src, f"ANALYZE bench.{table}")
+        # dlt reflects columns; give it the same rows with the geometry already as EWKT text, as ours stages it
+        self._sql(self.src, f"CREATE VIEW bench.{table}_ewkt AS {FLOOR_SELECT.format(table=table).replace('ST_AsEWKT(geom)', 'ST_AsEWKT(geom) AS geom')}")
+        return table
+
+    def env(self, config_dir: Path, destination: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "DATABRIDGE_CONFIG_DIR": str(config_dir), "DATABRIDGE_STAGING": "s3://bench/staging",
+            "AWS_ENDPOINT_URL": self.moto_url, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1",
+            "DATABRIDGE_CONN_DATABRIDGE": self.src, "DATABRIDGE_CONN_CARTO_PHL": destination,
+        })
+        return env
+
+    def config(self, name: str, datasets: dict[str, str]) -> Path:
+        root = self.workdir / name
+        for dataset, table in datasets.items():
+            dept, file = dataset.split("__")
+            path = root / "databridge" / dept / f"{file}.yml"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"schedule_interval: 0 1 * * *\nupload_to_carto: true\ncarto_users: [publicuser]\n"
+                            f"source: {{schema: bench, table: {table}}}\ndestination: {{table: {table}}}\n")
+        return root
+
+    # contestants
+
+    def floor(self, table: str, rows: int) -> Result:
+        self._sql(self.dest, f"DROP TABLE IF EXISTS floor_{table}; CREATE TABLE floor_{table} ({COLUMNS})")
+        command = (f"psql '{self.src}' -qc \"\\copy ({FLOOR_SELECT.format(table=table)}) TO STDOUT\" | "
+                   f"psql '{self.dest}' -qc \"\\copy floor_{table} FROM STDIN\"")
+        seconds, peak = run_measured(command, shell=True)
+        return Result("floor (psql \\copy to psql \\copy)", rows, seconds, peak)
+
+    def ours(self, table: str, rows: int, transport: str) -> Result:
+        destination = self.dest if transport == "postgis" else self.carto_url.replace("http://", "carto+http://bench:bench-master-key@") + "/user/bench"
+        config = self.config(f"cfg_{transport}_{table}", {f"bench__{table}": table})
+        command = [str(BIN / "luigi"), "--module", "databridge_luigi", "Publish", "--dataset-id", f"bench__{table}", "--force", "--local-scheduler"]
+        seconds, peak = run_measured(command, env=self.env(config, destination))
+        return Result(f"ours, {transport} (S3 staging)", rows, seconds, peak)
+
+    def dlt(self, table: str, rows: int) -> Result:
+        try:
+            import dlt  # noqa: F401
+        except ImportError:
+            return Result("dlt sql_table → postgres (replace)", rows, None, None, "dlt not installed: pip install -e '.[bench]'")
+        script = self.workdir / "dlt_run.py"
+        script.write_text(
+            "import sys, dlt\nfrom dlt.sources.sql_database import sql_table\n"
+            "src, dest, table = sys.argv[1:4]\n"
+            "pipeline = dlt.pipeline(pipeline_name='bench_' + table, destination=dlt.destinations.postgres(dest), "
+            "dataset_name='dlt_bench', pipelines_dir=sys.argv[4])\n"
+            "resource = sql_table(credentials=src.replace('postgresql://', 'postgresql+psycopg://'), schema='bench', table=table + '_ewkt', backend='sqlalchemy')\n"
+            "info = pipeline.run(resource, write_disposition='replace')\n"
+        )
+        env = dict(os.environ, DESTINATION__POSTGRES__REPLACE_STRATEGY="insert-from-staging", RUNTIME__LOG_LEVEL="WARNING")
+        # dlt insists on a password in its credentials; the local server's trust auth ignores it
+        dest = self.dest.replace("postgresql://postgres@", "postgresql://postgres:unused@")
+        seconds, peak = run_measured([sys.executable, str(script), self.src, dest, table, str(self.workdir / "dlt")], env=env)
+        return Result("dlt sql_table → postgres (replace)", rows, seconds, peak)
+
+    def noop(self, datasets: int = 100) -> Result:
+        self._sql(self.src, f"CREATE TABLE IF NOT EXISTS bench.tiny ({COLUMNS})")
+        self._sql(self.src, GENERATE.format(table="tiny", rows=10))
+        config = self.config("cfg_noop", {f"noop__t{i:03d}": "tiny" for i in range(datasets)})
+        for path in config.rglob("*.yml"):  # each dataset its own destination table
+            name = path.stem
+            path.write_text(path.read_text().replace("destination: {table: tiny}", f"destination: {{table: {name}}}"))
+        env = self.env(config, self.dest)
+        run_measured([str(BIN / "luigi"), "--module", "databridge_luigi", "PublishAll", "--local-scheduler", "--workers", "2"], env=env)
+        seconds, peak = run_measured([str(BIN / "luigi"), "--module", "databridge_luigi", "PublishAll", "--local-scheduler"], env=env)
+        return Result(f"no-op PublishAll over {datasets} published datasets", datasets, seconds, peak)
+
+
+def render(results: list[Result]) -> str:
+    floors = {r.rows: r.seconds for r in results if r.name.startswith("floor") and r.seconds}
+    lines = ["| contestant | rows | seconds | rows/s | ratio to floor | peak RSS (MB, process tree) |", "|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        if r.seconds is None:
+            lines.append(f"| {r.name} | {r.rows:,} | – | – | – | – ({r.note}) |")
+            continue
+        ratio = f"{r.seconds / floors[r.rows]:.2f}" if r.rows in floors and not r.name.startswith("no-op") else "–"
+        rate = f"{r.rows / r.seconds:,.0f}" if not r.name.startswith("no-op") else "–"
+        lines.append(f"| {r.name} | {r.rows:,} | {r.seconds:.2f} | {rate} | {ratio} | {r.peak_mb:.0f} |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    mem_kb = int(next(line for line in open("/proc/meminfo") if line.startswith("MemTotal")).split()[1])
+    with psycopg.connect(ADMIN_DSN) as conn:
+        server = conn.execute("SHOW server_version").fetchone()[0]
+    import luigi
+
+    return (f"{os.cpu_count()} cores, {mem_kb / 1024 / 1024:.0f} GiB RAM, Python {platform.python_version()}, "
+            f"PostgreSQL {server}, luigi {luigi.__version__}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="100000,1000000")
+    parser.add_argument("--with-5m", action="store_true")
+    parser.add_argument("--skip-dlt", action="store_true")
+    parser.add_argument("--write-readme", action="store_true")
+    args = parser.parse_args()
+    sizes = [int(n) for n in args.rows.split(",")] + ([5_000_000] if args.with_5m else [])
+    workdir = Path(tempfile.mkdtemp(prefix="dbl-bench-"))
+    bench = Bench(workdir)
+    results: list[Result] = []
+    try:
+        for rows in sizes:
+            table = bench.make_table(rows)
+            results.append(bench.floor(table, rows))
+            results.append(bench.ours(table, rows, "postgis"))
+            results.append(bench.ours(table, rows, "carto"))
+            if not args.skip_dlt:
+                results.append(bench.dlt(table, rows))
+            print(render(results), "\n", flush=True)
+        results.append(bench.noop())
+    finally:
+        bench.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    table = render(results)
+    print(table)
+    print(f"\nmachine: {machine()}")
+    if args.write_readme:
+        readme = ROOT / "bench" / "README.md"
+        text = readme.read_text() if readme.exists() else ""
+        marker = "<!-- results -->"
+        head = text.split(marker)[0] if marker in text else text
+        readme.write_text(f"{head}{marker}\nMeasured {time.strftime('%Y-%m-%d')} on {machine()}:\n\n{table}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

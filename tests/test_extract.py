@@ -182,3 +182,14 @@ class _FakeConnection:
 
     def close(self):
         pass
+
+
+def test_empty_source_is_refused_for_every_kind_in_one_place(tmp_path):
+    db = build_sample(tmp_path / "sample.sqlite", rows=5)
+    import sqlite3
+
+    sqlite3.connect(db).execute("DELETE FROM violations").connection.commit()
+    staged = StagedTable(LocalStore(tmp_path / "staging"), "demo__violations", "v")
+    with pytest.raises(ExtractError, match=r"databridge source main\.violations has 0 rows; refusing"):
+        extract(example("demo__violations"), f"sqlite:///{db}", staged)
+    assert not staged.exists() and list((tmp_path / "staging").rglob("*.gz")) == []

@@ -1,7 +1,7 @@
 """Sources: each turns a dataset into a staged table (CSV + schema + manifest).
 
-``extract(dataset, url, staged)`` picks the source by the dataset's kind, applies an optional schema
-override file, and writes the manifest last.
+``extract(dataset, url, staged)`` picks the source by the dataset's kind, refuses an empty result unless
+``allow_empty``, applies an optional schema override file, and writes the manifest last.
 """
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ def extract(dataset: Dataset, url: str, staged: StagedTable, progress: Progress 
             extraction = extract_airtable(dataset, url, writer, progress)
         else:
             raise NotImplementedError(f"{dataset.id}: {dataset.kind} sources are not available in this build")
+        if extraction.rows == 0 and not dataset.allow_empty:  # one guard for every source
+            from .sql import ExtractError
+
+            where = extraction.facts.get("table") or dataset.source_table
+            raise ExtractError(f"{dataset.id}: {dataset.kind} source {where} has 0 rows; refusing to stage an empty table (set allow_empty: true)")
         schema = extraction.schema
         if dataset.schema_override:
             schema = schema.with_overrides(TableSchema.loads(Path(dataset.schema_override).read_text(encoding="utf-8")))

@@ -304,8 +304,6 @@ def extract_airtable(dataset: Dataset, url: str, writer: StagedTableWriter, prog
         api.session.close()
     if written != rows:
         raise ExtractError(f"{dataset.id}: Airtable listing returned {rows} records but {written} rows were written")
-    if rows == 0 and not dataset.allow_empty:
-        raise ExtractError(f"{dataset.id}: Airtable table {table_ref!r} has 0 records; refusing to stage an empty table (set allow_empty: true)")
     elapsed = time.monotonic() - started
     log.info("%s: extracted %d Airtable records in %.1fs (%d calls, %d 429s)", dataset.id, rows, elapsed, api.calls, api.rate_limited)
     schema = TableSchema(tuple(Column(c.name, c.type) for c in columns))

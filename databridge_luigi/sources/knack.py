@@ -416,8 +416,6 @@ def extract_knack(dataset: Dataset, url: str, writer: StagedTableWriter, progres
     total = total or 0
     if rows != total:
         raise ExtractError(f"{dataset.id}: Knack {object_key} reported {total} records but {rows} were returned; nothing was staged — rerun")
-    if rows == 0 and not dataset.allow_empty:
-        raise ExtractError(f"{dataset.id}: Knack {object_key} has 0 records; refusing to stage an empty table (set allow_empty: true)")
     elapsed = time.monotonic() - started
     log.info("%s: extracted %d Knack records in %.1fs (%d calls, %d retries)", dataset.id, rows, elapsed, client.calls, client.retries)
     schema = TableSchema(tuple(

@@ -99,8 +99,6 @@ def _run(dataset: Dataset, adapter: "Adapter", writer: StagedTableWriter, progre
             f"{dataset.id}: source row count changed during the extract (before {before}, extracted {rows}, "
             f"after {after}); nothing was staged — rerun when {adapter.table_label} is not being written"
         )
-    if rows == 0 and not dataset.allow_empty:
-        raise ExtractError(f"{dataset.id}: {adapter.table_label} has 0 rows; refusing to stage an empty table (set allow_empty: true)")
     geometry_types = stats.geometry_types or adapter.geometry_types(columns)
     schema = TableSchema(tuple(_schema_column(c, geometry_types) for c in columns))
     elapsed = time.monotonic() - started

@@ -1,0 +1,46 @@
+"""Three worker processes, one real luigid, twelve datasets: every dataset is published exactly once."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import psycopg
+
+from tests.conftest import create_postgis_database, drop_database, ensure_role
+from tests.test_luigid import LUIGID, api, luigid  # noqa: F401  (fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+LUIGI = str(Path(LUIGID).with_name("luigi"))
+
+
+def test_three_workers_share_twelve_datasets(tmp_path, luigid, postgis_dsn):  # noqa: F811
+    ensure_role("publicuser")
+    dest = create_postgis_database("dbl_workers")
+    try:
+        with psycopg.connect(postgis_dsn, autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA IF NOT EXISTS gis_ops")
+            for i in range(12):
+                conn.execute(f"DROP TABLE IF EXISTS gis_ops.t{i:02d}")
+                conn.execute(f"CREATE TABLE gis_ops.t{i:02d} AS SELECT g AS id, 'row ' || g AS name FROM generate_series(1, {100 + i}) g")
+        for i in range(12):
+            path = tmp_path / "configs" / "databridge" / "ops" / f"t{i:02d}.yml"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("schedule_interval: 0 * * * *\nupload_to_carto: true\ncarto_users: [publicuser]\n")
+        env = dict(os.environ, DATABRIDGE_CONFIG_DIR=str(tmp_path / "configs"), DATABRIDGE_STAGING=str(tmp_path / "staging"),
+                   DATABRIDGE_CONN_DATABRIDGE=postgis_dsn, DATABRIDGE_CONN_CARTO_PHL=dest)
+        command = [LUIGI, "--module", "databridge_luigi", "PublishAll", "--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid)]
+        workers = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        outcomes = [(w.wait(timeout=240), w.stderr.read()) for w in workers]
+        for code, stderr in outcomes:
+            assert code in (0, 10), stderr[-2000:]  # 10: the remaining tasks were run by another worker
+        with psycopg.connect(dest) as conn:
+            markers = conn.execute("SELECT dataset_id, count(*) FROM databridge_luigi_publications GROUP BY 1 ORDER BY 1").fetchall()
+            assert markers == [(f"ops__t{i:02d}", 1) for i in range(12)]
+            for i in range(12):
+                assert conn.execute(f"SELECT count(*) FROM t{i:02d}").fetchone()[0] == 100 + i
+        done = api(luigid, "task_list", status="DONE", upstream_status="", search="")
+        assert sum(1 for t in done.values() if t["name"] == "Load") == 12
+        assert api(luigid, "task_list", status="FAILED", upstream_status="", search="") == {}
+    finally:
+        drop_database(dest)

@@ -22,7 +22,6 @@ for the peer, `pip install -e '.[bench]'` (dlt); the row is skipped with a note 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -219,7 +218,7 @@ class Bench:
 
     def dlt(self, table: str, rows: int) -> Result:
         try:
-            import dlt  # noqa: F401
+            import dlt  # noqa: F401  (only: is the peer installed?)
         except ImportError:
             return Result("dlt sql_table → postgres (replace)", rows, None, None, "dlt not installed: pip install -e '.[bench]'")
         script = self.workdir / "dlt_run.py"

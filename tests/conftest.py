@@ -92,3 +92,16 @@ def aws(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     return moto_server
+
+
+@pytest.fixture()
+def pipeline(tmp_path, monkeypatch, postgis_dsn):
+    """The real pipeline in-process (tests/pipeline.py): the session database as source, a fresh PostGIS
+    database as destination, CARTO's publicuser/tileuser roles present."""
+    from tests.pipeline import Pipeline
+
+    ensure_role("publicuser")
+    ensure_role("tileuser")
+    dest = create_postgis_database("dbl_dest")
+    yield Pipeline(tmp_path, postgis_dsn, dest, monkeypatch)
+    drop_database(dest)

@@ -5,7 +5,6 @@ import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
-import luigi
 import pytest
 
 import databridge_luigi.schedule as schedule

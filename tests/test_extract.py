@@ -1,8 +1,6 @@
 """Extract paths: PostgreSQL COPY, SQLite (the bundled sample), Oracle (fake DBAPI cursor + Oracle dialect)."""
 from __future__ import annotations
 
-import gzip
-import json
 from dataclasses import replace
 from pathlib import Path
 

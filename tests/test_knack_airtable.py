@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import json
 import textwrap
 import time
 from pathlib import Path
@@ -44,15 +43,6 @@ AIRTABLE_CONFIG = f"""\
     source: {{conn: airtable, base: {BASE}, table: "Services"}}
     destination: {{table: oia_services}}
     """
-
-
-@pytest.fixture()
-def pipeline(tmp_path, monkeypatch, postgis_dsn):
-    ensure_role("publicuser")
-    ensure_role("tileuser")
-    dest = create_postgis_database("dbl_dest")
-    yield Pipeline(tmp_path, postgis_dsn, dest, monkeypatch)
-    drop_database(dest)
 
 
 def write(pipeline: Pipeline, relative: str, text: str) -> None:

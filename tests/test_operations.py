@@ -18,7 +18,6 @@ import pytest
 
 import databridge_luigi.schedule as schedule
 from databridge_luigi.tasks import Extract
-from tests.conftest import create_postgis_database, drop_database, ensure_role
 from tests.emulators.slack import SlackEmulator
 from tests.pipeline import Pipeline, make_points_table
 
@@ -44,14 +43,6 @@ def slack():
         emulator.add_webhook(f"/services/T0/B0/{SECRET}")
         emulator.url_with_secret = f"{emulator.url}/services/T0/B0/{SECRET}"  # type: ignore[attr-defined]
         yield emulator
-
-
-@pytest.fixture()
-def pipeline(tmp_path, monkeypatch, postgis_dsn):
-    ensure_role("publicuser")
-    dest = create_postgis_database("dbl_ops")
-    yield Pipeline(tmp_path, postgis_dsn, dest, monkeypatch)
-    drop_database(dest)
 
 
 def fail_one(pipeline: Pipeline, monkeypatch, webhook: str):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-import pytest
 
 import databridge_luigi.schedule as schedule
 from databridge_luigi.tasks import Publish, PublishAll
@@ -17,14 +16,6 @@ DAILY = """\
     carto_users: [publicuser]
     indexes: [address, code+opened]
     """
-
-
-@pytest.fixture()
-def pipeline(tmp_path, monkeypatch, postgis_dsn):
-    ensure_role("publicuser")
-    dest = create_postgis_database("dbl_dest")
-    yield Pipeline(tmp_path, postgis_dsn, dest, monkeypatch)
-    drop_database(dest)
 
 
 def at(monkeypatch, moment: str) -> None:

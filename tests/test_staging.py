@@ -1,7 +1,6 @@
 """Staged tables on disk and on S3 (moto's server over HTTP): manifest last, nothing half-written visible."""
 from __future__ import annotations
 
-import gzip
 import os
 
 import boto3

@@ -23,7 +23,8 @@ The repo's image (Dockerfile) has ``ENTRYPOINT ["luigi", "--module", "databridge
 image without that entrypoint set ``command_prefix = luigi --module databridge_luigi``.
 
 Secrets never travel in a Batch request: the job gets the *name* of the Secrets Manager secret
-(``DATABRIDGE_SECRETS_ID``) and resolves connections itself. Before anything is sent, every connection URL
+(``DATABRIDGE_SECRETS_ID``) or the per-connection prefix (``DATABRIDGE_SECRETS_PREFIX``) and resolves
+connections itself. Before anything is sent, every connection URL
 this process can see is registered with the redactor, and a request in which ``connections.redact`` would
 change anything is refused (``SecretInRequestError``).
 """
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 SECTION = "databridge_batch"
 TERMINAL = ("SUCCEEDED", "FAILED")
 DESCRIBE_BATCH = 100  # DescribeJobs takes at most 100 ids
-FORWARDED_ENV = ("DATABRIDGE_STAGING", "DATABRIDGE_SECRETS_ID")
+FORWARDED_ENV = ("DATABRIDGE_STAGING", "DATABRIDGE_SECRETS_ID", "DATABRIDGE_SECRETS_PREFIX")
 EXIT_FAILED, EXIT_DEADLINE = 1, 3
 
 
@@ -122,9 +123,10 @@ def job_environment(settings: BatchSettings) -> list[dict[str, str]]:
     staging = _staging_setting()
     if staging:
         env["DATABRIDGE_STAGING"] = staging
-    secrets_id = os.environ.get("DATABRIDGE_SECRETS_ID") or luigi.configuration.get_config().get("databridge", "secrets_id", "")
-    if secrets_id:
-        env["DATABRIDGE_SECRETS_ID"] = str(secrets_id)
+    for variable, key in (("DATABRIDGE_SECRETS_ID", "secrets_id"), ("DATABRIDGE_SECRETS_PREFIX", "secrets_prefix")):
+        secrets = os.environ.get(variable) or luigi.configuration.get_config().get("databridge", key, "")
+        if secrets:
+            env[variable] = str(secrets)
     if settings.config_dir:
         env["DATABRIDGE_CONFIG_DIR"] = settings.config_dir
     for name in settings.forward_env:

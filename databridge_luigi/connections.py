@@ -1,10 +1,14 @@
 """Named connections and secret redaction.
 
 A connection is one URL looked up by name, in order: env ``DATABRIDGE_CONN_<NAME>``, luigi.cfg
-``[connections] <name>``, then an AWS Secrets Manager secret holding a JSON object ``{name: url}`` (secret id
-from env ``DATABRIDGE_SECRETS_ID`` or luigi.cfg ``[databridge] secrets_id``). Every URL that is resolved has
-its credentials registered with the redactor, and the package installs one log-record hook so that no log
-line, traceback or error text carries them.
+``[connections] <name>``, then AWS Secrets Manager: a secret per connection named ``<prefix><name>`` holding
+the URL (prefix from env ``DATABRIDGE_SECRETS_PREFIX`` or luigi.cfg ``[databridge] secrets_prefix``), then one
+secret holding a JSON object ``{name: url}`` (id from env ``DATABRIDGE_SECRETS_ID`` or luigi.cfg
+``[databridge] secrets_id``). Secret values are cached per process; when a service rejects credentials that
+came from Secrets Manager, ``credentials_rotated`` re-reads them so the caller can retry once.
+
+Every URL that is resolved has its credentials registered with the redactor, and the package installs one
+log-record hook so that no log line, traceback or error text carries them.
 """
 from __future__ import annotations
 
@@ -14,15 +18,22 @@ import os
 import re
 import threading
 import traceback
+from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 import luigi.configuration
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class UnknownConnectionError(LookupError):
     """No URL for a connection name in any of the places we look."""
+
+
+class CredentialsRejected(Exception):
+    """Mixed into an error when a service said the connection's credentials are wrong (HTTP 401 and alike)."""
 
 
 def env_var_name(name: str) -> str:
@@ -117,6 +128,26 @@ def install_log_redaction() -> None:
 
 # --- resolution --------------------------------------------------------------------------------------------
 
+def _get_secret_string(secret_id: str) -> str | None:
+    """A secret's text from Secrets Manager; None when there is no such secret."""
+    import boto3  # imported lazily: most commands never touch AWS
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        reply = boto3.client("secretsmanager").get_secret_value(SecretId=secret_id)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "Error")
+        if code == "ResourceNotFoundException":
+            return None
+        raise UnknownConnectionError(f"Secrets Manager secret {secret_id!r}: {code}") from None
+    except BotoCoreError as exc:
+        raise UnknownConnectionError(f"Secrets Manager secret {secret_id!r}: {redact(str(exc))}") from None
+    text = reply.get("SecretString")
+    if text is None:
+        text = reply["SecretBinary"].decode("utf-8")
+    return str(text)
+
+
 class SecretsManagerSource:
     """One Secrets Manager secret holding ``{connection name: url}``, fetched lazily and cached per process."""
 
@@ -124,6 +155,9 @@ class SecretsManagerSource:
         self.secret_id = secret_id
         self._values: dict[str, str] | None = None
         self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        return f"Secrets Manager secret {self.secret_id!r}"
 
     def get(self, name: str) -> str | None:
         return self._load().get(name)
@@ -139,19 +173,9 @@ class SecretsManagerSource:
             return self._values
 
     def _fetch(self) -> dict[str, str]:
-        import boto3  # imported lazily: most commands never touch AWS
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            reply = boto3.client("secretsmanager").get_secret_value(SecretId=self.secret_id)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "Error")
-            raise UnknownConnectionError(f"Secrets Manager secret {self.secret_id!r}: {code}") from None
-        except BotoCoreError as exc:
-            raise UnknownConnectionError(f"Secrets Manager secret {self.secret_id!r}: {redact(str(exc))}") from None
-        text = reply.get("SecretString")
+        text = _get_secret_string(self.secret_id)
         if text is None:
-            text = reply["SecretBinary"].decode("utf-8")
+            raise UnknownConnectionError(f"Secrets Manager secret {self.secret_id!r}: ResourceNotFoundException")
         try:
             values = json.loads(text)
         except json.JSONDecodeError:
@@ -164,31 +188,85 @@ class SecretsManagerSource:
         return {str(k): str(v) for k, v in values.items()}
 
 
-_secret_sources: dict[str, SecretsManagerSource] = {}
+class SecretsManagerPrefix:
+    """One Secrets Manager secret per connection, ``<prefix><name>``, holding the URL (or ``{"url": …}``)."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self._values: dict[str, str | None] = {}
+        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        return f"Secrets Manager secret {self.prefix + '<name>'!r}"
+
+    def get(self, name: str) -> str | None:
+        with self._lock:
+            if name not in self._values:
+                self._values[name] = self._fetch(self.prefix + name)
+            return self._values[name]
+
+    def refresh(self) -> None:
+        with self._lock:
+            self._values.clear()
+
+    @staticmethod
+    def _fetch(secret_id: str) -> str | None:
+        text = _get_secret_string(secret_id)
+        if text is None:
+            return None
+        text = text.strip()
+        if text.startswith("{"):
+            try:
+                text = str(json.loads(text)["url"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise UnknownConnectionError(f"Secrets Manager secret {secret_id!r}: a JSON value needs a \"url\" key") from None
+        register_url(text)
+        return text
 
 
-def _secrets_source() -> SecretsManagerSource | None:
-    secret_id = os.environ.get("DATABRIDGE_SECRETS_ID") or luigi.configuration.get_config().get("databridge", "secrets_id", None)
-    if not secret_id:
-        return None
-    return _secret_sources.setdefault(secret_id, SecretsManagerSource(secret_id))
+SecretSource = SecretsManagerPrefix | SecretsManagerSource
+_secret_sources: dict[str, SecretSource] = {}
+
+
+def _setting(env: str, key: str) -> str:
+    return str(os.environ.get(env) or luigi.configuration.get_config().get("databridge", key, "") or "")
+
+
+def _secret_sources_in_order() -> list[SecretSource]:
+    """Per-connection secrets first (the finer grain wins), then the one JSON secret; each cached per process."""
+    found: list[SecretSource] = []
+    prefix = _setting("DATABRIDGE_SECRETS_PREFIX", "secrets_prefix")
+    if prefix:
+        found.append(_secret_sources.setdefault("prefix:" + prefix, SecretsManagerPrefix(prefix)))
+    secret_id = _setting("DATABRIDGE_SECRETS_ID", "secrets_id")
+    if secret_id:
+        found.append(_secret_sources.setdefault("id:" + secret_id, SecretsManagerSource(secret_id)))
+    return found
+
+
+def _resolve_with_origin(name: str) -> tuple[str, str]:
+    """The URL of connection ``name`` and where it came from ("env", "luigi.cfg" or "secrets")."""
+    url = os.environ.get(env_var_name(name))
+    if url:
+        return url, "env"
+    url = luigi.configuration.get_config().get("connections", name, None)
+    if url:
+        return url, "luigi.cfg"
+    looked = [f"env {env_var_name(name)}", "luigi.cfg [connections]"]
+    sources = _secret_sources_in_order()
+    for source in sources:
+        looked.append(source.describe())
+        url = source.get(name)
+        if url:
+            return url, "secrets"
+    if not sources:
+        looked.append("Secrets Manager (neither DATABRIDGE_SECRETS_PREFIX nor DATABRIDGE_SECRETS_ID is set)")
+    raise UnknownConnectionError(f"unknown connection {name!r}: looked in " + ", ".join(looked))
 
 
 def resolve(name: str) -> str:
     """The URL of connection ``name``; raises UnknownConnectionError saying where it looked."""
-    url = os.environ.get(env_var_name(name))
-    if not url:
-        url = luigi.configuration.get_config().get("connections", name, None)
-    looked = [f"env {env_var_name(name)}", "luigi.cfg [connections]"]
-    if not url:
-        source = _secrets_source()
-        if source is not None:
-            looked.append(f"Secrets Manager secret {source.secret_id!r}")
-            url = source.get(name)
-        else:
-            looked.append("Secrets Manager (no DATABRIDGE_SECRETS_ID set)")
-    if not url:
-        raise UnknownConnectionError(f"unknown connection {name!r}: looked in " + ", ".join(looked))
+    url, _ = _resolve_with_origin(name)
     register_url(url)
     return url
 
@@ -197,3 +275,66 @@ def refresh_secrets() -> None:
     """Forget cached secret values (after an authentication failure, credentials may have rotated)."""
     for source in _secret_sources.values():
         source.refresh()
+
+
+_AUTH_SQLSTATES = {"28000", "28P01"}  # invalid_authorization_specification, invalid_password
+# libpq reports a refused login only in its message (no SQLSTATE at connect); a missing role counts, since
+# alternating-user rotation changes the user name too.
+_AUTH_TEXT = re.compile(r"password authentication failed|FATAL:\s+role \"[^\"]*\" does not exist|ORA-01017|ORA-28000|invalid username/password", re.I)
+
+
+def is_credentials_rejected(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) says the credentials were refused."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, CredentialsRejected):
+            return True
+        if getattr(current, "sqlstate", None) in _AUTH_SQLSTATES:
+            return True
+        if getattr(getattr(current, "response", None), "status_code", None) == 401:  # requests.HTTPError
+            return True
+        if _AUTH_TEXT.search(str(current)):
+            return True
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+    return False
+
+
+def credentials_rotated(name: str, exc: BaseException) -> bool:
+    """After ``exc``: if it is a credentials rejection for a connection that came from Secrets Manager,
+    re-read the secrets and say whether the URL changed (the caller then retries once)."""
+    if not is_credentials_rejected(exc):
+        return False
+    try:
+        old, origin = _resolve_with_origin(name)
+    except UnknownConnectionError:
+        return False
+    if origin != "secrets":
+        return False
+    refresh_secrets()
+    try:
+        new = resolve(name)
+    except UnknownConnectionError:
+        return False
+    if new == old:
+        log.warning("connection %r: credentials were rejected and Secrets Manager still holds the same ones", name)
+        return False
+    log.warning("connection %r: credentials were rejected; Secrets Manager holds new ones — retrying once", name)
+    return True
+
+
+def retry_if_rotated(name: str, attempt: Callable[[], T], on_failure: Callable[[], None] = lambda: None) -> T:
+    """Run ``attempt``; if connection ``name``'s credentials were rejected and Secrets Manager now holds new
+    ones, run it once more. ``on_failure`` runs after every failed attempt (e.g. to drop a broken connection)."""
+    try:
+        return attempt()
+    except BaseException as exc:
+        on_failure()
+        if not isinstance(exc, Exception) or not credentials_rotated(name, exc):
+            raise
+    try:
+        return attempt()
+    except BaseException:
+        on_failure()
+        raise

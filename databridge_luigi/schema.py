@@ -7,6 +7,7 @@ schema files may carry raw PostgreSQL type names (``text``, ``numeric``): those 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -44,6 +45,18 @@ class SchemaError(ValueError):
     """A schema that cannot be turned into a table."""
 
 
+# A PostgreSQL type name as a schema file may spell it: words, an optional (precision[, scale]), array brackets
+# ("numeric(12,2)", "character varying(20)", "timestamp(3) with time zone", "text[]"). Anything else — quotes,
+# semicolons, comments — would be SQL pasted into CREATE TABLE and is refused.
+_TYPE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_ ]*(\(\s*\d+\s*(,\s*\d+\s*)?\))?[A-Za-z0-9_ ]*(\[\d*\])*$")
+
+
+def check_type_name(column: str, type_name: str) -> str:
+    if not _TYPE_NAME.match(type_name) or "--" in type_name:
+        raise SchemaError(f"column {column!r}: {type_name!r} is not a type name (e.g. string, integer, numeric(12,2), text[])")
+    return type_name
+
+
 @dataclass(frozen=True)
 class Column:
     name: str
@@ -60,8 +73,8 @@ class Column:
         if self.is_geometry:
             if self.srid is None:
                 raise SchemaError(f"geometry column {self.name!r} has no srid")
-            return f"geometry({geometry_typmod(self.geometry_type or 'geometry')}, {self.srid})"
-        return PG_TYPES.get(self.type, self.type)
+            return f"geometry({geometry_typmod(self.geometry_type or 'geometry')}, {int(self.srid)})"
+        return check_type_name(self.name, PG_TYPES.get(self.type, self.type))
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "type": self.type}
@@ -129,6 +142,11 @@ class TableSchema:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SchemaError(f"not a table schema (fields with name and type): {exc}") from None
+        for column in columns:
+            if not column.is_geometry:
+                check_type_name(column.name, PG_TYPES.get(column.type, column.type))
+            elif column.geometry_type:
+                split_dimensions(column.geometry_type)
         return cls(columns=columns, primary_key=tuple(data.get("primaryKey") or ()))
 
     @classmethod
@@ -157,6 +175,11 @@ def geometry_type_from_seen(seen: set[str]) -> str:
     split = {split_dimensions(t) for t in seen}
     bases = {base for base, _ in split}
     dims = {dim for _, dim in split}
+    if len(dims) > 1:  # a PostGIS column has one dimensionality: 2-D and Z (or M) shapes cannot share it
+        raise SchemaError(
+            f"geometries of different dimensions in one column ({', '.join(sorted(seen))}); PostGIS cannot store them "
+            "in one column — make them uniform in the source (e.g. ST_Force2D)"
+        )
     base = bases.pop() if len(bases) == 1 else "geometry"
-    dim = dims.pop() if len(dims) == 1 else ""
+    dim = dims.pop() if dims else ""
     return base + dim

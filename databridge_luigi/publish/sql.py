@@ -11,6 +11,8 @@ def ident(name: str) -> str:
     """A double-quoted identifier (embedded quotes doubled): safe for any name."""
     if "\x00" in name:
         raise ValueError("identifier contains a NUL byte")
+    if not name or len(name.encode("utf-8")) > 63:  # PostgreSQL would silently truncate (or refuse "")
+        raise ValueError(f"identifier {name!r} is empty or longer than 63 bytes (PostgreSQL would truncate it)")
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -99,7 +101,8 @@ def dependent_views(schema: str, table: str) -> str:
     return (
         "SELECT DISTINCT n.nspname AS view_schema, v.relname AS view_name, v.relkind::text AS kind, "
         "pg_get_viewdef(v.oid) AS definition, "
-        "(SELECT string_agg(DISTINCT g.grantee::regrole::text, ',') FROM aclexplode(v.relacl) g "
+        # Role names as they are (the caller quotes them): regrole's text is already quoted when a name needs it.
+        "(SELECT string_agg(DISTINCT r.rolname, ',') FROM aclexplode(v.relacl) g JOIN pg_roles r ON r.oid = g.grantee "
         " WHERE g.privilege_type = 'SELECT' AND g.grantee <> v.relowner AND g.grantee <> 0) AS grantees "
         "FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class "
         "JOIN pg_namespace n ON n.oid = v.relnamespace "
@@ -114,7 +117,8 @@ def index_name(table: str, columns: list[str]) -> str:
         return name
     import hashlib
 
-    return f"{name[:50]}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    prefix = name.encode()[:50].decode("utf-8", "ignore")  # bytes, not characters: a multibyte name stays within 63
+    return f"{prefix}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
 def create_index(schema: str, table: str, columns: list[str], method: str = "btree") -> str:

@@ -25,12 +25,13 @@ import sqlalchemy as sa
 
 from ..config import Dataset
 from ..connections import redact
-from ..schema import Column, TableSchema, geometry_type_from_seen
+from ..schema import Column, SchemaError, TableSchema, geometry_type_from_seen
 from ..staging import StagedTableWriter
 from .values import ConversionStats, Converter, converter_for
 
 log = logging.getLogger(__name__)
 BATCH_ROWS = 10_000
+MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
 Progress = Callable[[int], None]
 
 
@@ -79,8 +80,10 @@ def extract_table(dataset: Dataset, url: str, writer: StagedTableWriter, progres
     try:
         adapter = _adapter_for(engine.dialect.name)(dataset, engine)
         return _run(dataset, adapter, writer, progress)
-    except sa.exc.SQLAlchemyError as exc:
-        raise ExtractError(f"{dataset.id}: source {dataset.source_conn}: {redact(str(exc.orig or exc)).splitlines()[0]}") from None
+    except sa.exc.NoSuchTableError as exc:
+        raise ExtractError(f"{dataset.id}: source {dataset.source_conn}: table {redact(str(exc))} not found") from None
+    except sa.exc.SQLAlchemyError as exc:  # not every SQLAlchemyError wraps a driver error (.orig)
+        raise ExtractError(f"{dataset.id}: source {dataset.source_conn}: {redact(str(getattr(exc, 'orig', None) or exc)).splitlines()[0]}") from None
     finally:
         engine.dispose()
 
@@ -89,6 +92,7 @@ def _run(dataset: Dataset, adapter: "Adapter", writer: StagedTableWriter, progre
     started = time.monotonic()
     columns = adapter.columns()
     _check_names(dataset, columns)
+    adapter.check(columns)
     before = adapter.count()
     log.info("%s: extracting %s rows from %s", dataset.id, before, adapter.table_label)
     stats = ConversionStats()
@@ -100,7 +104,11 @@ def _run(dataset: Dataset, adapter: "Adapter", writer: StagedTableWriter, progre
             f"after {after}); nothing was staged — rerun when {adapter.table_label} is not being written"
         )
     geometry_types = stats.geometry_types or adapter.geometry_types(columns)
-    schema = TableSchema(tuple(_schema_column(c, geometry_types) for c in columns))
+    try:
+        schema = TableSchema(tuple(_schema_column(c, geometry_types) for c in columns))
+    except SchemaError as exc:
+        column = next((c.name for c in columns if c.type == "geometry"), "?")
+        raise ExtractError(f"{dataset.id}: column {column}: {exc}") from None
     elapsed = time.monotonic() - started
     log.info("%s: extracted %d rows in %.1fs (%.0f rows/s)", dataset.id, rows, elapsed, rows / elapsed if elapsed else 0)
     if stats.nul_bytes_removed:
@@ -123,9 +131,20 @@ def _check_names(dataset: Dataset, columns: Sequence[SourceColumn]) -> None:
         raise ExtractError(f"{dataset.id}: source table {dataset.source_schema}.{dataset.source_table} not found or has no columns")
     seen: dict[str, str] = {}
     for column in columns:
+        if not column.name or "\x00" in column.name or len(column.name.encode("utf-8")) > MAX_IDENTIFIER_BYTES:
+            raise ExtractError(
+                f"{dataset.id}: column {column.source_name!r} cannot be a PostgreSQL column name (empty, a NUL byte, or "
+                f"longer than {MAX_IDENTIFIER_BYTES} bytes in UTF-8: PostgreSQL would silently truncate it); rename it in the source"
+            )
         if column.name in seen:
             raise ExtractError(f"{dataset.id}: columns {seen[column.name]!r} and {column.source_name!r} are the same name after lower-casing")
         seen[column.name] = column.source_name
+    wanted = dataset.geometry_column
+    if wanted and wanted not in {c.name for c in columns if c.type == "geometry"}:
+        raise ExtractError(
+            f"{dataset.id}: geometry.column {wanted!r} in {dataset.path} is not a geometry column of "
+            f"{dataset.source_schema + '.' if dataset.source_schema else ''}{dataset.source_table} (columns: {', '.join(c.name for c in columns)})"
+        )
     if sum(1 for c in columns if c.type == "geometry") > 1:
         names = [c.source_name for c in columns if c.type == "geometry"]
         raise ExtractError(f"{dataset.id}: more than one geometry column {names}; set geometry.column to choose one")
@@ -167,6 +186,9 @@ class Adapter:
 
     def geometry_types(self, columns: Sequence[SourceColumn]) -> set[str]:
         return set()
+
+    def check(self, columns: Sequence[SourceColumn]) -> None:
+        """Refuse, before any data moves, what the catalog already says cannot be published."""
 
     def stream(self, columns: Sequence[SourceColumn], writer: StagedTableWriter, stats: ConversionStats, progress: Progress) -> int:
         """The row path: DBAPI cursor → converters → CSV, in batches of BATCH_ROWS."""
@@ -213,6 +235,14 @@ def _failing_column(row: Sequence[Any], converters: Sequence[Converter], columns
 class GenericAdapter(Adapter):
     """SQLAlchemy reflection for databases without a dialect path of their own (SQLite, MySQL, …)."""
 
+    def prepare_cursor(self, cursor: Any) -> None:
+        super().prepare_cursor(cursor)
+        connection = getattr(cursor, "connection", None)
+        if self.engine.dialect.name == "sqlite" and connection is not None:
+            # sqlite3 raises on TEXT that is not UTF-8, naming neither row nor dataset; hand such values over as
+            # bytes so the converters refuse them with dataset, row and column.
+            connection.text_factory = _sqlite_text
+
     def columns(self) -> list[SourceColumn]:
         inspector = sa.inspect(self.engine)
         reflected = inspector.get_columns(self.dataset.source_table, schema=self.dataset.source_schema)
@@ -239,6 +269,13 @@ class GenericAdapter(Adapter):
         return (str(row[0]).lower(), self.dataset.geometry_srid or int(row[1])) if row else None
 
 
+def _sqlite_text(data: bytes) -> str | bytes:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
+
+
 def _generic_type(column_type: Any) -> str:
     if isinstance(column_type, sa.Boolean):
         return "boolean"
@@ -262,6 +299,10 @@ class PostgresAdapter(Adapter):
 
     dialect = "postgresql"
 
+    def __init__(self, dataset: Dataset, engine: sa.Engine):
+        super().__init__(dataset, engine)
+        self._unconstrained: set[str] = set()  # geometry columns without a typmod SRID
+
     def columns(self) -> list[SourceColumn]:
         qualified = self.from_clause()
         with self.engine.connect() as conn:
@@ -278,8 +319,13 @@ class PostgresAdapter(Adapter):
         out = []
         for name, typname, notnull, category in rows:
             if typname == "geometry" and (wanted is None or wanted == name.lower()):
-                srid = self.dataset.geometry_srid or srids.get(name) or None
-                expr = f"ST_SetSRID({quote(name)}, {int(srid)})" if srid and not srids.get(name) else quote(name)
+                srid = self._geometry_srid(name, srids.get(name))
+                g = quote(name)
+                # An unconstrained column: rows without an SRID get the configured one; a row with another SRID
+                # keeps it (check() refuses it before the extract, and the destination column would reject it).
+                if not srids.get(name):
+                    self._unconstrained.add(name)
+                expr = g if srids.get(name) else f"CASE WHEN ST_SRID({g}) = 0 THEN ST_SetSRID({g}, {int(srid)}) ELSE {g} END"
                 expression = f"CASE WHEN ST_IsEmpty({expr}) THEN NULL ELSE ST_AsEWKT({expr}) END AS {quote(name.lower())}"
                 out.append(SourceColumn(name, name.lower(), "geometry", notnull, srid, expression))
                 continue
@@ -290,8 +336,41 @@ class PostgresAdapter(Adapter):
             elif typname == "geometry":
                 kind = "string"
                 expression = f"ST_AsEWKT({quote(name)})"
+            elif typname == "money":  # COPY writes money in the server's locale ("$1,234.50"); numeric reads it exactly
+                expression = f"{quote(name)}::numeric"
             out.append(SourceColumn(name, name.lower(), kind, notnull, None, f"{expression} AS {quote(name.lower())}"))
         return out
+
+    def _geometry_srid(self, name: str, declared: int | None) -> int:
+        configured, where = self.dataset.geometry_srid, self.dataset.path
+        if declared and configured and declared != configured:
+            raise ExtractError(
+                f"{self.dataset.id}: column {name.lower()}: geometry.srid is {configured} in {where}, but the source column "
+                f"{self.table_label}.{name} is declared SRID {declared}; relabelling would move every shape — remove geometry.srid "
+                "or transform the data in the source"
+            )
+        if not (declared or configured):
+            raise ExtractError(f"{self.dataset.id}: column {name.lower()}: the source column has no SRID (geometry_columns says 0); set geometry.srid in {where}")
+        return int(declared or configured)  # type: ignore[arg-type]
+
+    def check(self, columns: Sequence[SourceColumn]) -> None:
+        """An unconstrained geometry column may hold any SRID: every row must have none or the declared one,
+        or the extract is refused naming the row (in scan order, as the extract reads it)."""
+        for column in columns:
+            if column.type != "geometry" or column.source_name not in self._unconstrained:
+                continue
+            g = quote(column.source_name)
+            sql = (
+                f"SELECT n, s FROM (SELECT row_number() OVER () AS n, ST_SRID({g}) AS s FROM {self.from_clause()}) r "
+                f"WHERE s NOT IN (0, {int(column.srid or 0)}) LIMIT 1"
+            )
+            with self.engine.connect() as conn:
+                bad = conn.execute(sa.text(sql)).first()
+            if bad:
+                raise ExtractError(
+                    f"{self.dataset.id}: row {bad[0]}, column {column.name}: geometry has SRID {bad[1]} but the column is "
+                    f"SRID {column.srid} (geometry.srid or the source catalog); transform it in the source — it is never relabelled"
+                )
 
     def _srids(self, conn: sa.Connection) -> dict[str, int]:
         has_postgis = conn.execute(sa.text("SELECT to_regclass('geometry_columns') IS NOT NULL")).scalar_one()
@@ -352,9 +431,13 @@ def _pg_type(typname: str, category: str) -> str:
         return "datetime"
     if typname == "date":
         return "date"
-    if typname in ("time", "timetz"):
+    if typname == "time":
         return "time"
-    if typname in ("json", "jsonb"):
+    if typname == "timetz":
+        return "timetz"  # a PostgreSQL type name (passed through): "time" would drop the offset
+    if typname == "json":
+        return "json"  # a PostgreSQL type name (passed through): jsonb would reorder keys and drop duplicates
+    if typname == "jsonb":
         return "object"
     return "string"
 

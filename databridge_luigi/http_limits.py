@@ -2,10 +2,12 @@
 requested wait, the tenacity wait rule that honours it, and a client-side request rate limit."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from urllib.parse import urlsplit, urlunsplit
 
 from tenacity import RetryCallState
 
@@ -18,7 +20,24 @@ class Retryable(Exception):
         self.wait = wait
 
 
-def retry_wait(base: float | Callable[[], float] = 0.5, cap: float = 10.0) -> Callable[[RetryCallState], float]:
+BACKOFF_BASE = 0.5  # seconds of the first retry wait of the source clients (env DATABRIDGE_HTTP_BACKOFF)
+
+
+def backoff_base() -> float:
+    """The first retry wait of the Knack and Airtable clients: env ``DATABRIDGE_HTTP_BACKOFF`` or ``BACKOFF_BASE``."""
+    return float(os.environ.get("DATABRIDGE_HTTP_BACKOFF", BACKOFF_BASE))
+
+
+def endpoint(url: str) -> str:
+    """``scheme://host[:port]/path`` of ``url``: what an error message may name (no credentials, no query)."""
+    parts = urlsplit(str(url))
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def retry_wait(base: float | Callable[[], float] = backoff_base, cap: float = 10.0) -> Callable[[RetryCallState], float]:
     """The server's wait when it named one, else exponential backoff from ``base`` (a number or a getter)."""
 
     def wait(state: RetryCallState) -> float:

@@ -4,8 +4,9 @@ wrapper (``python -m databridge_luigi.notify --summary LOGFILE RC``).
 The webhook is the ``slack`` connection (env ``DATABRIDGE_CONN_SLACK``, luigi.cfg ``[connections] slack`` or
 Secrets Manager), looked up when something fails, never at import. No ``slack`` connection: logged once, no
 alerts. Slack trouble (timeouts, 4xx/5xx, an outage) is logged and never raises or blocks a worker for long:
-every request has a 5 s timeout, and a 429 is retried after its ``Retry-After`` at most twice, waiting at most
-30 s in all. Everything sent is redacted (``connections.redact``).
+every request has a 5 s timeout; a 429 is retried after its ``Retry-After``, and a 5xx or a refused/reset
+connection after ``RETRY_WAIT``, at most twice in all, waiting at most 30 s in all (a read timeout is not retried:
+Slack may have posted the message). Everything sent is redacted (``connections.redact``).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ USERNAME = "databridge-luigi"
 TIMEOUT = 5.0            # seconds, connect and read, per request
 MAX_RETRIES = 2          # 429 retries after the first attempt
 MAX_TOTAL_WAIT = 30.0    # seconds of Retry-After waiting in all
+RETRY_WAIT = 1.0         # seconds before retrying a 5xx or a failed connection
 SUMMARY_LINE_LIMIT = 300
 # The cron wrapper sets this to "off" for its luigi run and posts one summary instead of one message per task.
 TASK_ALERTS_ENV = "DATABRIDGE_SLACK_TASK_ALERTS"
@@ -73,11 +75,24 @@ def _post(url: str, payload: dict[str, Any]) -> bool:
         try:
             reply = requests.post(url, json=payload, timeout=TIMEOUT)
         except requests.RequestException as exc:
+            # Refused or reset before an answer: Slack has not posted it, one more try is safe. A read timeout
+            # is not retried (the message may be posted already) and bounds the time spent here.
+            if isinstance(exc, requests.ConnectionError) and not isinstance(exc, requests.ReadTimeout) \
+                    and attempt < MAX_RETRIES and waited + RETRY_WAIT <= MAX_TOTAL_WAIT:
+                log.info("Slack alert failed (%s); retrying in %.0f s", connections.redact_exception(exc), RETRY_WAIT)
+                time.sleep(RETRY_WAIT)
+                waited += RETRY_WAIT
+                continue
             log.warning("Slack alert not sent: %s", connections.redact_exception(exc))
             return False
         if reply.status_code == 200:
             return True
         body = connections.redact(reply.text[:200].strip())
+        if reply.status_code >= 500 and attempt < MAX_RETRIES and waited + RETRY_WAIT <= MAX_TOTAL_WAIT:
+            log.info("Slack answered HTTP %d %s; retrying in %.0f s", reply.status_code, body, RETRY_WAIT)
+            time.sleep(RETRY_WAIT)
+            waited += RETRY_WAIT
+            continue
         if reply.status_code == 429 and attempt < MAX_RETRIES:
             wait = _retry_after(reply.headers.get("Retry-After"))
             if waited + wait <= MAX_TOTAL_WAIT:

@@ -12,7 +12,9 @@ into AIS's 80-character query budget. USER is sent as the User-Agent.
 * 401/403 → the task fails (a bad key will not get better);
 * 429, 5xx, timeouts, resets and cut-short bodies → retried with tenacity (exponential back-off, 429's
   ``Retry-After`` honoured); a query still failing after ``MAX_ATTEMPTS`` is an *error* (counted as a miss,
-  not cached), so one bad query never fails the file;
+  not cached), so one bad query never fails the file; but ``MAX_CONSECUTIVE_ERRORS`` errors in a row, or
+  every query an error, is an outage: the run stops with a GeocodeError naming the endpoint (rather than
+  spending ``MAX_ATTEMPTS`` back-offs on each of thousands of queries and then failing on the miss ratio);
 * other 4xx → a miss, as the city's clients treat them.
 
 At most ``max_in_flight`` requests run at once (a thread pool) and request starts are spaced to
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 
 TIMEOUT = (5.0, 30.0)
 MAX_ATTEMPTS = 5
+MAX_CONSECUTIVE_ERRORS = 10  # queries in a row that failed after MAX_ATTEMPTS: AIS is down, stop
 BUILTIN = ("lat", "lon", "shape", "geocode_type", "normalized", "match_type")
 
 
@@ -119,6 +122,7 @@ class AISClient:
         self.dataset_id = dataset_id
         self.options = ais_options(srid, allow_estimates, self.properties)
         self.calls = self.retries = self.errors = 0
+        self.last_error = ""
         self._count_lock = threading.Lock()
         self._local = threading.local()
 
@@ -135,15 +139,26 @@ class AISClient:
         finishes (None: an error after retries, not to be cached)."""
         if not queries:
             return
+        in_a_row = 0
         with ThreadPoolExecutor(max_workers=self.max_in_flight, thread_name_prefix="ais") as pool:
             futures = {pool.submit(self._search_logged, text): key for key, text in queries.items()}
             try:
                 for future in as_completed(futures):
-                    done(futures[future], future.result())
+                    result = future.result()
+                    done(futures[future], result)
+                    in_a_row = in_a_row + 1 if result is None else 0
+                    if in_a_row >= MAX_CONSECUTIVE_ERRORS:
+                        raise self._outage(f"{in_a_row} queries in a row")
             except BaseException:
                 for future in futures:
                     future.cancel()
                 raise
+        if self.errors >= len(queries):
+            raise self._outage(f"all {len(queries)} queries")
+
+    def _outage(self, which: str) -> GeocodeError:
+        return GeocodeError(f"{self.dataset_id}: geocode: AIS GET {self.conn.base_url}/search failed for {which}, each after "
+                            f"{MAX_ATTEMPTS} attempts (last: {self.last_error}); stopping, nothing staged")
 
     def _search_logged(self, query: str) -> list[dict[str, Any]] | None:
         try:
@@ -151,6 +166,7 @@ class AISClient:
         except Retryable as exc:
             with self._count_lock:
                 self.errors += 1
+                self.last_error = str(exc)
             log.warning("%s: AIS gave up on %r after %d attempts: %s", self.dataset_id, query, MAX_ATTEMPTS, exc)
             return None
 
@@ -175,7 +191,7 @@ class AISClient:
         url = f"{self.conn.base_url}/search/{quote(query, safe='')}"
         try:
             response = self._session().get(url, params=params, timeout=TIMEOUT)
-        except (requests.Timeout, requests.ConnectionError) as exc:
+        except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
             raise Retryable(f"{type(exc).__name__}: {redact(str(exc))[:200]}") from None
         status = response.status_code
         if status == 404:
@@ -186,7 +202,8 @@ class AISClient:
         if status >= 500:
             raise Retryable(f"HTTP {status}")
         if status in (401, 403):
-            raise GeocodeError(f"{self.dataset_id}: AIS refused the key (HTTP {status}): check the connection")
+            raise GeocodeError(f"{self.dataset_id}: geocode: AIS GET {self.conn.base_url}/search refused the key "
+                               f"(HTTP {status}): check the connection")
         if status != 200:
             log.warning("%s: AIS HTTP %d for %r; counted as a miss", self.dataset_id, status, query)
             return []

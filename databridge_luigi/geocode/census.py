@@ -22,7 +22,7 @@ import requests
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from ..connections import redact
-from ..http_limits import Retryable, retry_wait
+from ..http_limits import Retryable, endpoint, retry_wait
 from .ais import GeocodeError, backoff_base
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,8 @@ class CensusClient:
         try:
             text = retrying(self._post, body)
         except Retryable as exc:
-            raise GeocodeError(f"{self.dataset_id}: Census batch of {len(addresses)} rows failed after {MAX_ATTEMPTS} attempts: {exc}") from None
+            raise GeocodeError(f"{self.dataset_id}: geocode: Census POST {endpoint(self.base_url)}/locations/addressbatch: "
+                               f"batch of {len(addresses)} rows failed after {MAX_ATTEMPTS} attempts: {exc}") from None
         return parse_reply(text, len(addresses))
 
     def _count_retry(self) -> None:
@@ -83,12 +84,13 @@ class CensusClient:
         try:
             response = self.session.post(f"{self.base_url}/locations/addressbatch", data={"benchmark": BENCHMARK},
                                          files={"addressFile": ("addresses.csv", body, "text/csv")}, timeout=TIMEOUT)
-        except (requests.Timeout, requests.ConnectionError) as exc:
+        except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
             raise Retryable(f"{type(exc).__name__}: {redact(str(exc))[:200]}") from None
         if response.status_code == 429 or response.status_code >= 500:
             raise Retryable(f"HTTP {response.status_code}")
         if response.status_code != 200:
-            raise GeocodeError(f"{self.dataset_id}: Census geocoder HTTP {response.status_code}: {response.text[:200]}")
+            raise GeocodeError(f"{self.dataset_id}: geocode: Census POST {endpoint(self.base_url)}/locations/addressbatch: "
+                               f"HTTP {response.status_code}: {redact(response.text[:200])}")
         return response.content.decode("utf-8", "replace")
 
 

@@ -38,7 +38,7 @@ import requests
 from pyairtable import Api
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
-from ..http_limits import RateLimiter, Retryable, retry_wait
+from ..http_limits import RateLimiter, Retryable, endpoint, retry_wait
 from ..config import Dataset
 from ..connections import redact, register_secret
 from ..schema import Column, TableSchema
@@ -71,7 +71,11 @@ _COMPUTED = ("formula", "rollup")
 
 
 class AirtableError(ExtractError):
-    """An Airtable call failed in a way retrying will not fix."""
+    """An Airtable call failed in a way retrying will not fix (``status``: the HTTP status, if it was one)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class _IteratorExpired(Exception):
@@ -119,7 +123,8 @@ class LimitedApi(Api):
         try:
             return retrying(self._request_once, method, url, *args, **kwargs)
         except Retryable as exc:
-            raise AirtableError(f"{self.dataset_id}: Airtable {_path(url)}: gave up after {MAX_ATTEMPTS} attempts: {exc}") from None
+            raise AirtableError(f"{self.dataset_id}: extract: Airtable {method} {endpoint(url)}: "
+                                f"gave up after {MAX_ATTEMPTS} attempts: {exc}") from None
 
     def _before_sleep(self, state: RetryCallState) -> None:
         self.retries += 1
@@ -142,15 +147,12 @@ class LimitedApi(Api):
                 raise Retryable(f"HTTP {status}") from None
             if status == 422 and "LIST_RECORDS_ITERATOR_NOT_AVAILABLE" in detail:
                 raise _IteratorExpired(detail) from None
-            raise AirtableError(f"{self.dataset_id}: Airtable {_path(url)}: HTTP {status}: {redact(detail)}") from None
-        except (requests.Timeout, requests.ConnectionError) as exc:
+            raise AirtableError(f"{self.dataset_id}: extract: Airtable {method} {endpoint(url)}: HTTP {status}: {redact(detail)}",
+                                status) from None
+        except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
             raise Retryable(f"{type(exc).__name__}: {redact(str(exc))[:200]}") from None
         except ValueError:  # a 200 whose JSON body was cut short
             raise Retryable("response body is not complete JSON") from None
-
-
-def _path(url: str) -> str:
-    return urlsplit(str(url)).path
 
 
 # --- columns ------------------------------------------------------------------------------------------------
@@ -334,6 +336,8 @@ def _schema(api: LimitedApi, base_id: str, table_ref: str, dataset_id: str) -> t
     try:
         meta = api.request("GET", api.build_url("meta/bases", base_id, "tables"))
     except AirtableError as exc:
+        if exc.status not in (403, 404):  # an outage of the meta API is a failure, not a reason to guess the types
+            raise
         log.info("%s: Airtable meta API not available (%s); columns come from the records", dataset_id, exc)
         return [], "records"
     columns = _meta_columns(meta or {}, table_ref)

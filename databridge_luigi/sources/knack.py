@@ -37,7 +37,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import requests
 from tenacity import RetryCallState, retry, retry_if_exception_type, stop_after_attempt
 
-from ..http_limits import RateLimiter, Retryable, retry_wait
+from ..http_limits import RateLimiter, Retryable, endpoint, retry_wait
 from ..config import Dataset
 from ..connections import redact, register_secret
 from ..schema import Column, TableSchema
@@ -50,6 +50,7 @@ ROWS_PER_PAGE = 1000
 REQUESTS_PER_SECOND = 10
 TIMEOUT = (10.0, 120.0)  # (connect, read) seconds
 MAX_ATTEMPTS = 8
+RATE_LIMIT_WAIT_MAX = 5.0  # seconds: the longest X-RateLimit-Reset wait honoured per 429
 GEOMETRY_COLUMN = "shape"
 Progress = Callable[..., None]
 
@@ -151,7 +152,8 @@ class KnackClient:
         try:
             return attempt()
         except Retryable as exc:
-            raise KnackError(f"{self.dataset_id}: Knack {path}: gave up after {MAX_ATTEMPTS} attempts: {exc}") from None
+            raise KnackError(f"{self.dataset_id}: extract: Knack GET {endpoint(self.conn.base_url + path)}: "
+                             f"gave up after {MAX_ATTEMPTS} attempts: {exc}") from None
 
     def _before_sleep(self, state: RetryCallState) -> None:
         self.retries += 1
@@ -163,7 +165,8 @@ class KnackClient:
         self.calls += 1
         try:
             response = self.session.get(self.conn.base_url + path, params=params, timeout=TIMEOUT)
-        except (requests.Timeout, requests.ConnectionError) as exc:
+        except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            # ChunkedEncodingError: the body was cut short on the way (an incomplete read)
             raise Retryable(f"{type(exc).__name__}: {redact(str(exc))[:200]}") from None
         status = response.status_code
         if status == 429:
@@ -180,7 +183,8 @@ class KnackClient:
         if status >= 500:
             raise Retryable(f"HTTP {status}")
         if status >= 400:
-            raise KnackError(f"{self.dataset_id}: Knack {path}: HTTP {status}: {redact(response.text[:300])}")
+            raise KnackError(f"{self.dataset_id}: extract: Knack GET {endpoint(self.conn.base_url + path)}: HTTP {status}: "
+                             f"{redact(response.text[:300])}")
         try:
             return response.json()
         except ValueError:  # a body cut short on the way: the same as a reset connection
@@ -193,7 +197,7 @@ class KnackClient:
             wait = float(reset) - time.time() if reset else 1.0
         except ValueError:
             pass
-        raise Retryable("HTTP 429 rate limit exceeded", wait=min(max(wait, 0.2), 5.0))
+        raise Retryable("HTTP 429 rate limit exceeded", wait=min(max(wait, 0.2), RATE_LIMIT_WAIT_MAX))
 
 
 # --- schema -------------------------------------------------------------------------------------------------

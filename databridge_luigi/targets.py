@@ -6,6 +6,7 @@ import logging
 import luigi
 
 from .config import Dataset
+from .connections import is_credentials_rejected, retry_if_rotated
 from .publish import transports
 from .publish import sql
 from .publish.protocol import Loader
@@ -34,11 +35,19 @@ class PublishedVersions:
 
     def __init__(self) -> None:
         self._snapshots: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        self._failures: dict[tuple[str, str], Exception] = {}
 
     def contains(self, connection: str, schema: str, dataset_id: str, version: str) -> bool:
         key = (connection, schema)
+        if key in self._failures:  # one unreachable destination costs its retries once per snapshot, not per task
+            raise self._failures[key]
         if key not in self._snapshots:
-            self._snapshots[key] = self._load(connection, schema)
+            try:
+                self._snapshots[key] = self._load(connection, schema)
+            except Exception as exc:
+                if not is_credentials_rejected(exc):  # rejected credentials may be re-read and retried
+                    self._failures[key] = exc
+                raise
         return (dataset_id, version) in self._snapshots[key]
 
     def _load(self, connection: str, schema: str) -> set[tuple[str, str]]:
@@ -50,6 +59,7 @@ class PublishedVersions:
 
     def clear(self) -> None:
         self._snapshots.clear()
+        self._failures.clear()
 
 
 published_versions = PublishedVersions()
@@ -65,6 +75,10 @@ class PublishedTableTarget(luigi.Target):
         return Loader(self.dataset, transports.get(self.dataset.dest_conn))
 
     def exists(self) -> bool:
+        conn = self.dataset.dest_conn
+        return retry_if_rotated(conn, self._exists, on_failure=lambda: transports.discard(conn))
+
+    def _exists(self) -> bool:
         loader = self.loader()
         if published_versions.contains(self.dataset.dest_conn, loader.schema, self.dataset.id, self.version):
             return True

@@ -16,10 +16,10 @@ from functools import lru_cache
 import luigi
 
 from .config import Dataset, Registry, default_config_dir
-from .connections import redact, redacted_traceback, resolve
+from .connections import redact, redact_exception, redacted_traceback, resolve, retry_if_rotated
 from . import notify
 from .publish import transports
-from .publish.protocol import Loader
+from .publish.protocol import Loader, LoadResult
 from .schedule import due_version, forced_version, parse_version
 from .staging import StagedTable, open_store
 from .targets import PublishedTableTarget, StagedTableTarget, published_versions
@@ -88,7 +88,7 @@ class Extract(DatasetTask):
         dataset = self.dataset
         staged = self.output().staged
         self.status(f"extracting from {dataset.source_conn}")
-        manifest = extract(dataset, resolve(dataset.source_conn), staged, progress=self._progress)
+        manifest = retry_if_rotated(dataset.source_conn, lambda: extract(dataset, resolve(dataset.source_conn), staged, progress=self._progress))
         self.status(f"staged {manifest.rows} rows at {staged.describe()}", 100)
 
     def _progress(self, rows: int, total: int | None = None) -> None:
@@ -147,15 +147,15 @@ class Load(DatasetTask):
         return PublishedTableTarget(self.dataset, str(self.version))
 
     def run(self) -> None:
-        dataset = self.dataset
-        loader = Loader(dataset, transports.get(dataset.dest_conn), status=self.status)
-        try:
-            result = loader.load(self.input().staged, force=bool(self.force))
-        except BaseException:
-            transports.discard(dataset.dest_conn)  # a connection that failed mid-protocol is not reused
-            raise
+        dataset, conn = self.dataset, self.dataset.dest_conn
+
+        def load() -> LoadResult:
+            return Loader(dataset, transports.get(conn), status=self.status).load(self.input().staged, force=bool(self.force))
+
+        # A connection that failed mid-protocol is never reused; rotated credentials get one more try.
+        result = retry_if_rotated(conn, load, on_failure=lambda: transports.discard(conn))
         verb = "published" if result.rewritten else "recorded (unchanged data)"
-        self.status(f"{verb} {result.rows} rows to {loader.where()} in {result.seconds:.1f}s", 100)
+        self.status(f"{verb} {result.rows} rows to {result.where} in {result.seconds:.1f}s", 100)
 
 
 class Publish(luigi.WrapperTask):
@@ -201,7 +201,7 @@ class PublishAll(luigi.WrapperTask):
 
     def complete(self) -> bool:
         started = time.monotonic()
-        pending = [task for task in self.requires() if not task.complete()]
+        pending = [task for task in self.requires() if not _complete_or_unknown(task)]
         first_check = not getattr(self, "_checked", False)
         self._checked = True
         if not pending and first_check:  # later checks (after running) are not "nothing to do"
@@ -211,6 +211,16 @@ class PublishAll(luigi.WrapperTask):
                      len(self.datasets()), len(skipped), time.monotonic() - started,
                      datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
         return not pending
+
+
+def _complete_or_unknown(task: Publish) -> bool:
+    """A dataset whose completion cannot be checked (its destination is down) counts as pending, so luigi
+    schedules it and reports its own error, instead of one broken destination stopping every dataset."""
+    try:
+        return bool(task.complete())
+    except Exception as exc:
+        log.warning("PublishAll: cannot check %s, scheduling it anyway: %s", task.dataset_id, redact_exception(exc))
+        return False
 
 
 @luigi.Task.event_handler(luigi.Event.SUCCESS)

@@ -404,3 +404,43 @@ def test_demo_examples_publish_to_carto(tmp_path, monkeypatch, emu, carto_db):
     assert db(carto_db, "SELECT count(*) FROM phl.permit_types WHERE the_geom IS NULL")[0][0] == 6
     assert db(carto_db, "SELECT has_table_privilege('publicuser', 'phl.violations', 'SELECT')")[0][0] is True
     assert demo.run(PublishAll()).did_nothing
+
+
+# --- credentials rotated in Secrets Manager ------------------------------------------------------------------
+
+def test_rotated_api_key_is_reread_from_secrets_manager_once(pipeline, emu, carto_db, aws, monkeypatch, caplog):
+    """One secret per connection (DATABRIDGE_SECRETS_PREFIX); the key is rotated while the worker's cache
+    still holds the old one: the 401 makes it re-read the secret and retry once, and the publish succeeds."""
+    import boto3
+    from databridge_luigi import connections
+
+    client = boto3.client("secretsmanager")
+    prefix = f"dbl-test-{time.monotonic_ns()}/conn/"
+    client.create_secret(Name=prefix + "carto_phl", SecretString=emu.connection_url("phl"))
+    monkeypatch.delenv("DATABRIDGE_CONN_CARTO_PHL")
+    monkeypatch.setenv("DATABRIDGE_SECRETS_PREFIX", prefix)
+    monkeypatch.setattr(connections, "_secret_sources", {})
+    publish_once(pipeline, 150)  # caches the first key for the rest of this "process"
+
+    rotated = "phl-master-KEY-rotated-44e1"
+    emu.account("phl").master_key = rotated
+    try:
+        client.put_secret_value(SecretId=prefix + "carto_phl", SecretString=emu.connection_url("phl"))
+        emu.clear_requests()
+        with caplog.at_level(logging.WARNING, logger="databridge_luigi.connections"):
+            forced = pipeline.run(Publish(dataset_id="cartot__violations", force=True))
+        assert forced.ok, forced.summary
+        assert [row[2] for row in markers(carto_db, "phl", "cartot__violations")] == [True, True]
+        assert "Secrets Manager holds new ones — retrying once" in caplog.text
+        rejected = [r for r in emu.requests if r.status == 401]
+        assert len(rejected) == 1  # one 401, then every request carried the new key
+
+        # A key that is wrong in Secrets Manager too: one re-read, no retry loop, a clear 401 error.
+        emu.account("phl").master_key = "phl-master-KEY-elsewhere-9"
+        emu.clear_requests()
+        again = pipeline.run(Publish(dataset_id="cartot__violations", force=True))
+        assert not again.ok
+        assert len([r for r in emu.requests if r.status == 401]) == 1
+        assert rotated not in again.summary and "phl-master-KEY-elsewhere-9" not in caplog.text
+    finally:
+        emu.account("phl").master_key = PHL_KEY

@@ -35,7 +35,7 @@ import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from ..config import Dataset
-from ..connections import redact, register_secret
+from ..connections import CredentialsRejected, redact, register_secret
 from ..schema import TableSchema
 from ..staging import StagedTable
 from . import sql
@@ -68,6 +68,10 @@ class CartoError(RuntimeError):
 
 class CartoConfigError(CartoError):
     """401/403/404: a wrong API key, an unknown user or a wrong host/path — the connection URL is wrong."""
+
+
+class CartoAuthError(CartoConfigError, CredentialsRejected):
+    """401: CARTO rejected the API key (it may have been rotated; see connections.credentials_rotated)."""
 
 
 class CartoTimeoutError(CartoError):
@@ -135,6 +139,7 @@ class CartoTransport:
         except ValueError as exc:
             raise CartoConfigError(f"connection {name!r}: bad CARTO URL: {exc}") from None
         self._path = urlsplit(self._endpoint).path
+        self._origin = self._endpoint[: len(self._endpoint) - len(self._path)]  # scheme://host[:port]: no key in it
         self._session = requests.Session()
         self._session.headers["User-Agent"] = "databridge-luigi"
 
@@ -251,7 +256,7 @@ class CartoTransport:
 
     def _call(self, path: str, statement: str, send: Any, retry_read_timeout: bool = True) -> dict[str, Any]:
         """One API call with bounded retries; returns the JSON body or raises CartoError."""
-        where = f"destination {self.name!r} (CARTO user {self.user!r}, {path})"
+        where = f"destination {self.name!r} (CARTO user {self.user!r}, {self._origin}{path})"
         what = f"(while running: {_first_line(statement)})"
 
         def attempt() -> dict[str, Any]:
@@ -302,7 +307,7 @@ class CartoTransport:
         if status >= 500:
             raise _Retryable(CartoError(f"{where}: server error {status}: {message} {what}", status))
         if status == 401:
-            raise CartoConfigError(f"{where}: 401 {message} — CARTO rejected the API key; check the connection URL {what}", status)
+            raise CartoAuthError(f"{where}: 401 {message} — CARTO rejected the API key; check the connection URL {what}", status)
         if status == 403:
             raise CartoConfigError(f"{where}: 403 {message} — the API key lacks the rights for this (use the master key) {what}", status)
         if status == 404:

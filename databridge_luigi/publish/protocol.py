@@ -1,8 +1,8 @@
 """The load protocol (DESIGN §3), written once for every transport.
 
 shadow table → COPY from staging → verify (count, empty, drift) → transport's finishing (CARTO:
-cartodbfy + VACUUM) → ONE transaction: swap shadow into place, re-create dependent views, grants, marker →
-indexes (idempotent, one statement each). Anything that fails before the swap drops the shadow and leaves
+cartodbfy + VACUUM) → indexes on the shadow → ONE transaction: swap shadow into place, rename its indexes,
+re-create dependent views, grants, marker. Anything that fails before the swap drops the shadow and leaves
 the live table exactly as it was; a crashed run's shadow is dropped by the next run.
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ class Transport(Protocol):
 class LoadResult:
     dataset_id: str
     version: str
-    table: str
+    where: str  # transport:schema.table
     rows: int
     rewritten: bool
     seconds: float
@@ -87,21 +87,23 @@ class Loader:
             self._record(manifest.version, manifest.sha256, manifest.rows, rewritten=False)
             log.info("%s: data unchanged since the last publish (sha256 %s…); recorded version %s without rewriting %s",
                      self.dataset.id, manifest.sha256[:12], manifest.version, self.where())
-            return LoadResult(self.dataset.id, manifest.version, self.table, manifest.rows, False, time.monotonic() - started)
+            return LoadResult(self.dataset.id, manifest.version, self.where(), manifest.rows, False, time.monotonic() - started)
         self._check_grant_roles()
         self._drop_shadow()  # a crashed run's leftover
         try:
             self._build_shadow(staged, table_schema, manifest.rows)
+            # Indexes are built on the shadow, so the table, its indexes and the marker appear in one commit:
+            # a worker killed (or an index failing) before then leaves the old table and no marker.
+            index_renames = self._indexes(table_schema)
             self.status(f"swapping {self.where()}")
-            self._swap(manifest.version, manifest.sha256, manifest.rows)
+            self._swap(manifest.version, manifest.sha256, manifest.rows, index_renames)
         except BaseException:
             self._drop_shadow_quietly()
             raise
-        self._indexes(table_schema)
         self.transport.post_swap(self.schema, self.table, table_schema, self.dataset)
         elapsed = time.monotonic() - started
         log.info("%s: published %d rows to %s as version %s in %.1fs", self.dataset.id, manifest.rows, self.where(), manifest.version, elapsed)
-        return LoadResult(self.dataset.id, manifest.version, self.table, manifest.rows, True, elapsed)
+        return LoadResult(self.dataset.id, manifest.version, self.where(), manifest.rows, True, elapsed)
 
     def _build_shadow(self, staged: StagedTable, table_schema: TableSchema, expected: int) -> None:
         self.status(f"creating {self.shadow}")
@@ -141,13 +143,14 @@ class Loader:
                 f"±{tolerance:.0%} tolerance for {self.where()}; if this is expected, raise row_count_tolerance in {self.dataset.path}"
             )
 
-    def _swap(self, version: str, fingerprint: str, rows: int) -> None:
+    def _swap(self, version: str, fingerprint: str, rows: int, index_renames: list[tuple[str, str]]) -> None:
         views = self.transport.query(sql.dependent_views(self.schema, self.table)) if self._exists(self.table) else []
         statements = [f"DROP {'MATERIALIZED VIEW' if v['kind'] == 'm' else 'VIEW'} {sql.qualified(v['view_schema'], v['view_name'])}" for v in views]
         statements += [
             f"DROP TABLE IF EXISTS {sql.qualified(self.schema, self.table)}",
             f"ALTER TABLE {sql.qualified(self.schema, self.shadow)} RENAME TO {sql.ident(self.table)}",
         ]
+        statements += [f"ALTER INDEX {sql.qualified(self.schema, old)} RENAME TO {sql.ident(new)}" for old, new in index_renames]
         for view in views:  # views keep working on the new table; if one no longer fits, the whole swap rolls back
             kind = "MATERIALIZED VIEW" if view["kind"] == "m" else "VIEW"
             name = sql.qualified(view["view_schema"], view["view_name"])
@@ -165,15 +168,20 @@ class Loader:
                 raise LoadError(f"{self.dataset.id}: swap of {self.where()} rolled back; dependent views ({names}) could not be re-created on the new table: {exc}") from exc
             raise
 
-    def _indexes(self, table_schema: TableSchema) -> None:
+    def _indexes(self, table_schema: TableSchema) -> list[tuple[str, str]]:
+        """Build the configured indexes (and the spatial one) on the shadow; return (shadow name, final name)
+        pairs for the swap to rename."""
+        renames: list[tuple[str, str]] = []
         for columns in self.transport.index_columns(self.dataset, table_schema):
             missing = [c for c in columns if c not in table_schema.names and c not in ("the_geom", "the_geom_webmercator", "cartodb_id")]
             if missing:
                 log.warning("%s: index %s skipped: no column %s in %s", self.dataset.id, "+".join(columns), missing, self.where())
                 continue
-            self.status(f"indexing {self.table} ({'+'.join(columns)})")
+            self.status(f"indexing {self.shadow} ({'+'.join(columns)})")
             method = "gist" if any(c == (table_schema.geometry.name if table_schema.geometry else None) or c.startswith("the_geom") for c in columns) else "btree"
-            self.transport.long_query(sql.create_index(self.schema, self.table, columns, method))
+            self.transport.long_query(sql.create_index(self.schema, self.shadow, columns, method))
+            renames.append((sql.index_name(self.shadow, columns), sql.index_name(self.table, columns)))
+        return renames
 
     # --- helpers ----------------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from .connections import redact
 from .schema import TableSchema
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,14 @@ class S3Store:
     def __init__(self, bucket: str, prefix: str = "", client: Any = None):
         import boto3
 
+        from botocore.config import Config
+
         self.bucket, self.prefix = bucket, prefix.strip("/")
-        self.client = client or boto3.client("s3")
+        # Standard retry mode (backoff with jitter on 5xx, SlowDown, resets); AWS_MAX_ATTEMPTS still applies.
+        # A finite read timeout, so a stalled S3 connection fails the task instead of hanging the worker.
+        config = Config(retries={"mode": os.environ.get("AWS_RETRY_MODE", "standard")}, connect_timeout=10,
+                        read_timeout=float(os.environ.get("DATABRIDGE_S3_READ_TIMEOUT", "60")))
+        self.client = client or boto3.client("s3", config=config)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -134,7 +141,7 @@ class S3Store:
         return f"s3://{self.bucket}/{self._key(key)}"
 
     def open_write(self, key: str) -> "_S3MultipartWrite":
-        return _S3MultipartWrite(self.client, self.bucket, self._key(key))
+        return _S3MultipartWrite(self.client, self.bucket, self._key(key), self.describe(key))
 
     def open_read(self, key: str) -> IO[bytes]:
         from botocore.exceptions import ClientError
@@ -145,14 +152,16 @@ class S3Store:
             raise StagingError(f"cannot read {self.describe(key)}: {exc.response['Error'].get('Code')}") from None
 
     def create_exclusive(self, key: str, data: bytes) -> None:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
         except ClientError as exc:
             if exc.response["Error"].get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
                 raise AlreadyStaged(f"{self.describe(key)} already exists") from None
-            raise
+            raise _write_error(self.describe(key), exc) from None
+        except BotoCoreError as exc:
+            raise _write_error(self.describe(key), exc) from None
 
     def read_bytes(self, key: str) -> bytes | None:
         from botocore.exceptions import ClientError
@@ -176,8 +185,8 @@ class _S3MultipartWrite:
     """Uploads parts as they fill, so an object of any size needs one part of memory; abort on failure
     leaves nothing behind (an unfinished multipart upload is invisible to readers)."""
 
-    def __init__(self, client: Any, bucket: str, key: str):
-        self.client, self.bucket, self.key = client, bucket, key
+    def __init__(self, client: Any, bucket: str, key: str, where: str):
+        self.client, self.bucket, self.key, self.where = client, bucket, key, where
         self._buffer = bytearray()
         self._parts: list[dict[str, Any]] = []
         self._upload_id: str | None = None
@@ -189,6 +198,10 @@ class _S3MultipartWrite:
         return len(data)
 
     def _flush_part(self) -> None:
+        with _naming_errors(self.where):
+            self._upload_part()
+
+    def _upload_part(self) -> None:
         if self._upload_id is None:
             self._upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key)["UploadId"]
         number = len(self._parts) + 1
@@ -198,11 +211,13 @@ class _S3MultipartWrite:
 
     def commit(self) -> None:
         if self._upload_id is None:  # small object: one PUT
-            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self._buffer))
+            with _naming_errors(self.where):
+                self.client.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self._buffer))
             return
         if self._buffer:
             self._flush_part()
-        self.client.complete_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, MultipartUpload={"Parts": self._parts})
+        with _naming_errors(self.where):
+            self.client.complete_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, MultipartUpload={"Parts": self._parts})
 
     def abort(self) -> None:
         if self._upload_id is not None:
@@ -210,6 +225,24 @@ class _S3MultipartWrite:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self._upload_id)
             except Exception:  # best effort; a lifecycle rule reaps stragglers
                 log.warning("could not abort multipart upload of s3://%s/%s", self.bucket, self.key)
+
+
+def _write_error(where: str, exc: Exception) -> StagingError:
+    from botocore.exceptions import ClientError
+
+    reason = exc.response["Error"].get("Code", "Error") if isinstance(exc, ClientError) else type(exc).__name__
+    return StagingError(f"cannot write {where}: {reason} ({redact(str(exc))[:200]})")
+
+
+@contextmanager
+def _naming_errors(where: str) -> Iterator[None]:
+    """botocore's errors name the operation, not the object; ours name the s3:// key."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except (BotoCoreError, ClientError) as exc:
+        raise _write_error(where, exc) from None
 
 
 def open_store(root: str | None = None) -> Store:
@@ -362,6 +395,7 @@ class StagedTableWriter:
         return manifest
 
     def abort(self) -> None:
+        self._counter.discard = True
         try:
             self._gzip.close()
         finally:
@@ -377,12 +411,14 @@ def _csv_line(values: Sequence[str | None]) -> str:
 class _CountingWriter(io.RawIOBase):
     def __init__(self, stream: WriteStream):
         self.stream, self.written = stream, 0
+        self.discard = False  # set on abort: the gzip trailer must not reach (and re-send) a failed upload
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: bytes) -> int:  # type: ignore[override]
-        self.stream.write(bytes(data))
-        self.written += len(data)
+        if not self.discard:
+            self.stream.write(bytes(data))
+            self.written += len(data)
         return len(data)
 

@@ -12,6 +12,7 @@ Every key the old system used is accepted; new keys are optional. Every problem 
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import typing
@@ -62,16 +63,39 @@ class SourceOptions(_Strict):
     table: str | None = None
     base: str | None = None  # Airtable base id
 
+    @field_validator("schema_", "table")
+    @classmethod
+    def _source_name(cls, value: str | None) -> str | None:
+        # Source names are quoted as given (Oracle and SQL Server allow odd ones); only what no database allows is refused.
+        if value is not None and (not value.strip() or "\x00" in value or len(value.encode()) > 128):
+            raise ValueError(f"{value!r} is not a table or schema name (empty, NUL byte, or over 128 bytes)")
+        return value
+
 
 class DestinationOptions(_Strict):
     conn: str | None = None
     table: str | None = None
     schema_: str | None = Field(default=None, alias="schema")
 
+    @field_validator("schema_")
+    @classmethod
+    def _schema(cls, value: str | None) -> str | None:
+        # CARTO schemas are user names (letters, digits, _ and -); nothing here is SQL.
+        if value is not None and (not re.match(r"^[a-z_][a-z0-9_-]*$", value) or len(value.encode()) > 63):
+            raise ValueError(f"schema {value!r} must be lower-case letters, digits, _ and - (at most 63 bytes)")
+        return value
+
 
 class GeometryOptions(_Strict):
     column: str | None = None
     srid: int | None = Field(default=None, gt=0)
+
+    @field_validator("column")
+    @classmethod
+    def _column(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or "\x00" in value or len(value.encode()) > 63):
+            raise ValueError(f"{value!r} is not a column name (empty, NUL byte, or over 63 bytes)")
+        return value
 
 
 GEOCODE_AIS_BUILTIN_FIELDS = ("lat", "lon", "shape", "geocode_type", "normalized", "match_type")
@@ -143,6 +167,7 @@ class DatasetFile(_Strict):
     geometry: GeometryOptions = GeometryOptions()
     allow_empty: StrictBool = False
     row_count_tolerance: float = Field(default=0.15, ge=0)
+    accept_schema_change: StrictBool = False
     timezone: str = "America/New_York"
     schema_override: str | None = None
     geocode: GeocodeOptions | None = None
@@ -216,6 +241,7 @@ class Dataset:
     row_count_tolerance: float
     timezone: str
     schema_override: str | None
+    accept_schema_change: bool = False
     carto_env: str | None = None
     knack_object_id: int | None = None
     airtable_base: str | None = None
@@ -325,6 +351,22 @@ def _problem(path: str, error: dict[str, Any]) -> ConfigProblem:
     return ConfigProblem(path, key, message)
 
 
+def _schema_override_problems(where: str, relative: str) -> list[ConfigProblem]:
+    """The override file sits beside the config (no absolute paths, no ``..``) and is a schema we would load."""
+    from .schema import SchemaError, TableSchema
+
+    if Path(relative).is_absolute() or ".." in Path(relative).parts:
+        return [ConfigProblem(where, "schema_override", f"{relative!r} must be a path inside the config's directory")]
+    path = Path(where).parent / relative
+    if not path.is_file():
+        return [ConfigProblem(where, "schema_override", f"file {relative!r} not found next to the config")]
+    try:
+        TableSchema.from_json(json.loads(path.read_text("utf-8")))
+    except (ValueError, SchemaError) as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return [ConfigProblem(where, "schema_override", f"{relative}: {exc}")]
+    return []
+
+
 def _build_dataset(where: str, kind: str, dept: str, table: str, env: str | None, spec: DatasetFile, default_carto_conn: str) -> Dataset:
     problems: list[ConfigProblem] = []
     dest_table = spec.destination.table or table
@@ -358,8 +400,8 @@ def _build_dataset(where: str, kind: str, dept: str, table: str, env: str | None
                 problems.append(ConfigProblem(where, "geocode.fields", f"{unknown[0]!r} is not a census field (one of {', '.join(GEOCODE_CENSUS_FIELDS)})"))
             if geocode.srid != 4326:
                 problems.append(ConfigProblem(where, "geocode.srid", "the census geocoder answers in lon/lat: srid must be 4326"))
-    if spec.schema_override and not (Path(where).parent / spec.schema_override).is_file():
-        problems.append(ConfigProblem(where, "schema_override", f"file {spec.schema_override!r} not found next to the config"))
+    if spec.schema_override:
+        problems += _schema_override_problems(where, spec.schema_override)
     if problems:
         raise ConfigError(problems)
     suffix = f"__{env}" if kind == "knack" else ""
@@ -385,6 +427,7 @@ def _build_dataset(where: str, kind: str, dept: str, table: str, env: str | None
         geometry_srid=spec.geometry.srid,
         allow_empty=spec.allow_empty,
         row_count_tolerance=spec.row_count_tolerance,
+        accept_schema_change=spec.accept_schema_change,
         timezone=spec.timezone,
         schema_override=str(Path(where).parent / spec.schema_override) if spec.schema_override else None,
         carto_env=env,

@@ -135,6 +135,8 @@ class Load(DatasetTask):
     """Staged table → live destination table, by the load protocol."""
 
     force = luigi.BoolParameter(default=False, description="rewrite the table even if the data is unchanged")
+    accept_schema_change = luigi.BoolParameter(default=False, significant=False,
+                                               description="publish even if columns are added, removed or retyped")
 
     def requires(self) -> DatasetTask:
         return staged_input(self.dataset, str(self.version))
@@ -150,7 +152,8 @@ class Load(DatasetTask):
         dataset, conn = self.dataset, self.dataset.dest_conn
 
         def load() -> LoadResult:
-            return Loader(dataset, transports.get(conn), status=self.status).load(self.input().staged, force=bool(self.force))
+            loader = Loader(dataset, transports.get(conn), status=self.status)
+            return loader.load(self.input().staged, force=bool(self.force), accept_schema_change=bool(self.accept_schema_change))
 
         # A connection that failed mid-protocol is never reused; rotated credentials get one more try.
         result = retry_if_rotated(conn, load, on_failure=lambda: transports.discard(conn))
@@ -164,6 +167,8 @@ class Publish(luigi.WrapperTask):
     dataset_id = luigi.Parameter()
     force = luigi.BoolParameter(default=False, description="publish a new version now, even if the data is unchanged")
     version = luigi.OptionalParameter(default=None, description="publish this version (manual datasets)")
+    accept_schema_change = luigi.BoolParameter(default=False, significant=False,
+                                               description="publish even if columns are added, removed or retyped")
 
     @property
     def resolved_version(self) -> str:
@@ -187,7 +192,8 @@ class Publish(luigi.WrapperTask):
         dataset = registry().get(str(self.dataset_id))
         if not dataset.publish:  # upload_to_carto: false — stage only, as the old S3-only DAGs did
             return staged_input(dataset, self.resolved_version)
-        return Load(dataset_id=dataset.id, version=self.resolved_version, force=bool(self.force))
+        return Load(dataset_id=dataset.id, version=self.resolved_version, force=bool(self.force),
+                    accept_schema_change=bool(self.accept_schema_change))
 
 
 class PublishAll(luigi.WrapperTask):

@@ -223,7 +223,7 @@ def test_default_carto_conn_argument(tmp_path):
 
 def test_new_optional_keys(tmp_path):
     (tmp_path / "databridge/lni").mkdir(parents=True)
-    (tmp_path / "databridge/lni/violations.json").write_text("{}")
+    (tmp_path / "databridge/lni/violations.json").write_text('{"fields": []}')
     write(tmp_path, "databridge/lni/violations.yml", OK_BODY + (
         "indexes: [Address, STATUS+Violation_Date]\n"
         "source: {conn: databridge_test, schema: GIS_LNI_NEW, table: VIOLATIONS_V}\n"
@@ -430,6 +430,11 @@ BROKEN_CASES: dict[str, tuple[str | re.Pattern, str]] = {
     "duplicate_id": ("-", r"duplicate dataset id 'lni__duplicate_id' \(also .*duplicate_id\.ya?ml\)"),
     "duplicate_key": ("line 3, column 1", r"key .upload_to_carto. appears twice"),
     "schema_override_missing": ("schema_override", r"'schemas/missing\.json' not found"),
+    "schema_override_outside": ("schema_override", r"must be a path inside the config's directory"),
+    "schema_override_injection": ("schema_override", r"schemas/injection\.json: column 'code': .* is not a type name"),
+    "destination_schema_injection": ("destination.schema", r"must be lower-case letters, digits, _ and -"),
+    "source_table_nul": ("source.table", r"is not a table or schema name"),
+    "geometry_column_too_long": ("geometry.column", r"over 63 bytes"),
     "destination_conn_bad": ("destination.conn", r"connection name 'bad name!'"),
     "destination_table_bad": ("destination.table", r"'Violations 2024' must be lower-case"),
     "geocode_query_fields_missing": ("geocode.query_fields", r"field required"),

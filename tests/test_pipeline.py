@@ -1,8 +1,10 @@
 """End to end through real luigi: PostgreSQL source → local staging → PostGIS destination."""
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 
+import pytest
 
 import databridge_luigi.schedule as schedule
 from databridge_luigi.tasks import Publish, PublishAll
@@ -169,9 +171,48 @@ def test_view_that_no_longer_fits_rolls_the_swap_back(pipeline, monkeypatch):
     before = pipeline.table_digest("violations")
     pipeline.source("ALTER TABLE gis_lni.violations DROP COLUMN code")
     at(monkeypatch, "2026-11-25T12:00:00")
-    assert not pipeline.run(PublishAll()).ok
+    # Even with the column change accepted, the view that needs the column makes the swap roll back.
+    run = pipeline.run(Publish(dataset_id="lni__violations", accept_schema_change=True))
+    assert not run.ok
     assert pipeline.table_digest("violations") == before
     assert pipeline.dest("SELECT count(*) FROM codes")[0][0] == 100
+
+
+@pytest.mark.parametrize("change, message", [
+    ("ALTER TABLE gis_lni.violations ADD COLUMN ward integer", "added: ward"),
+    ("ALTER TABLE gis_lni.violations DROP COLUMN fine", "removed: fine"),
+    ("ALTER TABLE gis_lni.violations ALTER COLUMN code TYPE integer USING length(code)", "retyped: code text → bigint"),
+    ("ALTER TABLE gis_lni.violations ALTER COLUMN shape TYPE geometry(MultiPoint, 2272) USING ST_Multi(shape)",
+     "retyped: shape geometry(Point,2272) → geometry(MultiPoint,2272)"),
+])
+def test_schema_change_is_refused_until_accepted(pipeline, monkeypatch, caplog, change, message):
+    make_points_table(pipeline, "gis_lni", "violations", 100)
+    pipeline.config("lni__violations", DAILY)
+    at(monkeypatch, "2026-11-24T12:00:00")
+    assert pipeline.run(PublishAll()).ok
+    before = pipeline.table_digest("violations")
+    pipeline.source(change)
+    at(monkeypatch, "2026-11-25T12:00:00")
+    with caplog.at_level(logging.ERROR):
+        assert not pipeline.run(PublishAll()).ok
+    assert f"lni__violations: the columns of carto_phl:public.violations would change — {message}" in caplog.text
+    assert "--accept-schema-change" in caplog.text
+    assert pipeline.table_digest("violations") == before and pipeline.table_oid("violations__shadow") is None
+    assert [m[0] for m in pipeline.markers("lni__violations")] == ["20261124T110400Z"]
+    accepted = pipeline.run(Publish(dataset_id="lni__violations", accept_schema_change=True))
+    assert accepted.ok, accepted.summary
+    assert [m[0] for m in pipeline.markers("lni__violations")] == ["20261124T110400Z", "20261125T110400Z"]
+
+
+def test_accept_schema_change_in_the_config_accepts_every_time(pipeline, monkeypatch):
+    make_points_table(pipeline, "gis_lni", "violations", 100)
+    pipeline.config("lni__violations", DAILY + "accept_schema_change: true\n")
+    at(monkeypatch, "2026-11-24T12:00:00")
+    assert pipeline.run(PublishAll()).ok
+    pipeline.source("ALTER TABLE gis_lni.violations ADD COLUMN ward integer")
+    at(monkeypatch, "2026-11-25T12:00:00")
+    assert pipeline.run(PublishAll()).ok
+    assert "ward" in [r[0] for r in pipeline.dest("SELECT attname FROM pg_attribute WHERE attrelid = 'violations'::regclass")]
 
 
 def test_staging_on_s3(tmp_path, monkeypatch, postgis_dsn, aws):
@@ -200,3 +241,15 @@ def test_unknown_grant_role_fails_before_copying(pipeline, monkeypatch):
     at(monkeypatch, "2026-11-24T12:00:00")
     assert not pipeline.run(PublishAll()).ok
     assert pipeline.table_oid("violations") is None and pipeline.table_oid("violations__shadow") is None
+
+
+def test_schema_override_naming_a_missing_column_fails_the_extract_by_name(pipeline, monkeypatch, caplog):
+    make_points_table(pipeline, "gis_lni", "violations", 10)
+    path = pipeline.config("lni__violations", DAILY + "schema_override: violations.schema.json\n")
+    path.with_name("violations.schema.json").write_text('{"fields": [{"name": "no_such", "type": "integer"}]}')
+    pipeline.reset()
+    at(monkeypatch, "2026-11-24T12:00:00")
+    with caplog.at_level(logging.ERROR):
+        assert not pipeline.run(PublishAll()).ok
+    assert "lni__violations: schema_override " in caplog.text and "columns the source does not have: ['no_such']" in caplog.text
+    assert pipeline.table_oid("violations") is None

@@ -79,7 +79,7 @@ class Loader:
 
     # --- the protocol -----------------------------------------------------------------------------------
 
-    def load(self, staged: StagedTable, force: bool = False) -> LoadResult:
+    def load(self, staged: StagedTable, force: bool = False, accept_schema_change: bool = False) -> LoadResult:
         started = time.monotonic()
         manifest, table_schema = staged.manifest(), staged.schema()
         self.transport.query(sql.create_marker_table(self.schema))
@@ -92,11 +92,18 @@ class Loader:
         self._drop_shadow()  # a crashed run's leftover
         try:
             self._build_shadow(staged, table_schema, manifest.rows)
+            self._check_schema_change(accept_schema_change or self.dataset.accept_schema_change)
             # Indexes are built on the shadow, so the table, its indexes and the marker appear in one commit:
             # a worker killed (or an index failing) before then leaves the old table and no marker.
             index_renames = self._indexes(table_schema)
             self.status(f"swapping {self.where()}")
             self._swap(manifest.version, manifest.sha256, manifest.rows, index_renames)
+        except LoadError:
+            self._drop_shadow_quietly()
+            raise
+        except Exception as exc:  # a transport error: say which dataset and where, keep the cause for rotation checks
+            self._drop_shadow_quietly()
+            raise LoadError(f"{self.dataset.id}: load into {self.where()} failed, live table unchanged: {exc}") from exc
         except BaseException:
             self._drop_shadow_quietly()
             raise
@@ -142,6 +149,25 @@ class Loader:
                 f"{self.dataset.id}: row count would change from {live} to {new_rows} ({change:+.1%}), beyond the "
                 f"±{tolerance:.0%} tolerance for {self.where()}; if this is expected, raise row_count_tolerance in {self.dataset.path}"
             )
+
+    def _check_schema_change(self, accepted: bool) -> None:
+        """Apps query these tables by column name: a column added, removed or retyped is refused unless accepted."""
+        if not self._exists(self.table):
+            return
+        live = {r["name"]: r["type"] for r in self.transport.query(sql.column_types(self.schema, self.table))}
+        new = {r["name"]: r["type"] for r in self.transport.query(sql.column_types(self.schema, self.shadow))}
+        added = [c for c in new if c not in live]
+        removed = [c for c in live if c not in new]
+        retyped = [f"{c} {live[c]} → {new[c]}" for c in new if c in live and live[c] != new[c]]
+        if not (added or removed or retyped):
+            return
+        change = "; ".join(f"{what}: {', '.join(items)}" for what, items in
+                           (("added", added), ("removed", removed), ("retyped", retyped)) if items)
+        if accepted:
+            log.warning("%s: schema of %s changes (accepted): %s", self.dataset.id, self.where(), change)
+            return
+        raise LoadError(f"{self.dataset.id}: the columns of {self.where()} would change — {change}. If this is "
+                        f"intended, publish once with --accept-schema-change (or set accept_schema_change: true in {self.dataset.path})")
 
     def _swap(self, version: str, fingerprint: str, rows: int, index_renames: list[tuple[str, str]]) -> None:
         views = self.transport.query(sql.dependent_views(self.schema, self.table)) if self._exists(self.table) else []

@@ -124,3 +124,9 @@ def index_name(table: str, columns: list[str]) -> str:
 def create_index(schema: str, table: str, columns: list[str], method: str = "btree") -> str:
     cols = ", ".join(ident(c) for c in columns)
     return f"CREATE INDEX IF NOT EXISTS {ident(index_name(table, columns))} ON {qualified(schema, table)} USING {method} ({cols})"
+
+
+def column_types(schema: str, table: str) -> str:
+    """Columns of a table with their full SQL types (typmods included: geometry(Point,2272), varchar(20))."""
+    return (f"SELECT attname AS name, format_type(atttypid, atttypmod) AS type FROM pg_attribute "
+            f"WHERE attrelid = {literal(qualified(schema, table))}::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum")

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..config import Dataset
-from ..schema import TableSchema
+from ..schema import SchemaError, TableSchema
 from ..staging import Manifest, StagedTable
 
 Progress = Callable[..., None]
@@ -39,6 +39,11 @@ def extract(dataset: Dataset, url: str, staged: StagedTable, progress: Progress 
             raise ExtractError(f"{dataset.id}: {dataset.kind} source {where} has 0 rows; refusing to stage an empty table (set allow_empty: true)")
         schema = extraction.schema
         if dataset.schema_override:
-            schema = schema.with_overrides(TableSchema.loads(Path(dataset.schema_override).read_text(encoding="utf-8")))
+            try:
+                schema = schema.with_overrides(TableSchema.loads(Path(dataset.schema_override).read_text(encoding="utf-8")))
+            except SchemaError as exc:
+                from .sql import ExtractError
+
+                raise ExtractError(f"{dataset.id}: schema_override {dataset.schema_override}: {exc}") from None
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         return writer.finish(schema, extraction.facts, created)

@@ -71,6 +71,14 @@ class DatasetTask(luigi.Task):
         if percent is not None:
             self.set_progress_percentage(min(100, round(percent)))
 
+    def show_log_link(self) -> None:
+        """luigid's tracking URL while the task runs: the Batch job's page (it links the CloudWatch log
+        stream) or the DATABRIDGE_LOG_URL template. luigi only forwards set_tracking_url inside run()."""
+        link = notify.log_link({"dataset_id": str(self.dataset_id), "version": str(self.version),
+                                "step": self.get_task_family(), "task_id": str(self.task_id)})
+        if link and self.set_tracking_url is not None:
+            self.set_tracking_url(redact(link))
+
     def on_failure(self, exception: BaseException) -> str:
         # What luigid shows and stores: redacted, like every log line.
         return redacted_traceback(exception)
@@ -85,6 +93,7 @@ class Extract(DatasetTask):
     def run(self) -> None:
         from .sources import extract  # sources import their drivers lazily
 
+        self.show_log_link()
         dataset = self.dataset
         staged = self.output().staged
         self.status(f"extracting from {dataset.source_conn}")
@@ -109,6 +118,7 @@ class Geocode(DatasetTask):
     def run(self) -> None:
         from .geocode import geocode_table
 
+        self.show_log_link()
         dataset = self.dataset
         staged = self.output().staged
         self.status(f"geocoding with {dataset.geocode.provider if dataset.geocode else '-'}")
@@ -149,6 +159,7 @@ class Load(DatasetTask):
         return PublishedTableTarget(self.dataset, str(self.version))
 
     def run(self) -> None:
+        self.show_log_link()
         dataset, conn = self.dataset, self.dataset.dest_conn
 
         def load() -> LoadResult:

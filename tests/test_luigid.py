@@ -59,3 +59,48 @@ def test_luigid_shows_status_and_progress_without_secrets(env, luigid):
     for task in extracts.values():
         assert task["status_message"].startswith("staged ") and task["progress_percentage"] == 100
     assert SECRET not in json.dumps(done)
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ({"AWS_BATCH_JOB_ID": "job-0123abcd", "AWS_REGION": "us-east-2"},  # the job page links its CloudWatch log stream
+     "https://us-east-2.console.aws.amazon.com/batch/home?region=us-east-2#jobs/detail/job-0123abcd"),
+    ({"DATABRIDGE_LOG_URL": "https://logs.example.org/{dataset_id}/{step}/{version}"},
+     "https://logs.example.org/lk__held/Extract/20261124T000000Z"),
+])
+def test_running_task_shows_its_log_as_tracking_url(tmp_path, luigid, postgis_dsn, extra, expected):
+    """luigid shows a tracking URL only while a task runs, so the test holds the source table locked and
+    looks at the RUNNING Extract."""
+    import os
+
+    import psycopg
+
+    from tests.conftest import create_postgis_database, drop_database
+
+    dest = create_postgis_database("dbl_track")
+    config = tmp_path / "configs" / "databridge" / "lk" / "held.yml"
+    config.parent.mkdir(parents=True)
+    config.write_text("schedule_interval: false\nupload_to_carto: true\ncarto_users: []\n")
+    with psycopg.connect(postgis_dsn, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS gis_lk; DROP TABLE IF EXISTS gis_lk.held; "
+                     "CREATE TABLE gis_lk.held AS SELECT g AS id FROM generate_series(1, 10) g")
+    env = dict(os.environ, DATABRIDGE_CONFIG_DIR=str(tmp_path / "configs"), DATABRIDGE_STAGING=str(tmp_path / "staging"),
+               DATABRIDGE_CONN_DATABRIDGE=postgis_dsn, DATABRIDGE_CONN_CARTO_PHL=dest, **extra)
+    lock = psycopg.connect(postgis_dsn)
+    try:
+        lock.execute("LOCK TABLE gis_lk.held IN ACCESS EXCLUSIVE MODE")
+        worker = subprocess.Popen([str(Path(LUIGID).with_name("luigi")), "--module", "databridge_luigi", "Publish",
+                                   "--dataset-id", "lk__held", "--version", "20261124T000000Z", "--scheduler-host",
+                                   "127.0.0.1", "--scheduler-port", str(luigid)], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline, running = time.monotonic() + 60, {}
+        while time.monotonic() < deadline and not any(t.get("tracking_url") for t in running.values()):
+            running = api(luigid, "task_list", status="RUNNING", upstream_status="", search="")
+            time.sleep(0.2)
+        assert [t["tracking_url"] for t in running.values() if t["name"] == "Extract"] == [expected]
+    finally:
+        lock.rollback()  # releases the lock: the worker finishes
+        lock.close()
+    try:
+        assert worker.wait(timeout=120) == 0, worker.stderr.read()[-2000:]
+    finally:
+        drop_database(dest)

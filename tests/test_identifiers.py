@@ -230,14 +230,14 @@ def test_dependent_view_grants_to_roles_needing_quotes_survive_the_swap(pipeline
     """Views on the live table are re-created with their SELECT grants; a grantee whose name needs quoting
     (CARTO's ``cartodb_user_<uuid>`` has dashes) must be granted by its name, not by its quoted spelling."""
     role = "cartodb_user_5219a680-1104-4b8d-bf75-f02f304849e1"
-    for name in (role, "Odd Role"):
+    for name in (role, "Odd Role", "Role, With Comma"):
         ensure_role(name)
     pipeline.source("CREATE SCHEMA IF NOT EXISTS gis_ids")
     pipeline.source("DROP TABLE IF EXISTS gis_ids.viewed; CREATE TABLE gis_ids.viewed (id integer); INSERT INTO gis_ids.viewed VALUES (1)")
     pipeline.config("ids__viewed", CONFIG)
     publish(pipeline, "ids__viewed", "v1")
-    pipeline.dest(f'CREATE VIEW "Odd View" AS SELECT id FROM viewed; GRANT SELECT ON "Odd View" TO {quoted(role)}, "Odd Role"')
+    pipeline.dest(f'CREATE VIEW "Odd View" AS SELECT id FROM viewed; GRANT SELECT ON "Odd View" TO {quoted(role)}, "Odd Role", "Role, With Comma"')
     publish(pipeline, "ids__viewed", "v2")
     assert [m[0] for m in pipeline.markers("ids__viewed")] == ["v1", "v2"]
     assert pipeline.dest('SELECT id FROM "Odd View"') == [(1,)]
-    assert pipeline.dest("SELECT has_table_privilege(%s, 'public.\"Odd View\"', 'SELECT'), has_table_privilege('Odd Role', 'public.\"Odd View\"', 'SELECT')", (role,)) == [(True, True)]
+    assert pipeline.dest("SELECT has_table_privilege(%s, 'public.\"Odd View\"', 'SELECT'), has_table_privilege('Odd Role', 'public.\"Odd View\"', 'SELECT'), has_table_privilege('Role, With Comma', 'public.\"Odd View\"', 'SELECT')", (role,)) == [(True, True, True)]

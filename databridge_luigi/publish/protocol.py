@@ -7,6 +7,7 @@ the live table exactly as it was; a crashed run's shadow is dropped by the next 
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -181,7 +182,7 @@ class Loader:
             kind = "MATERIALIZED VIEW" if view["kind"] == "m" else "VIEW"
             name = sql.qualified(view["view_schema"], view["view_name"])
             statements.append(f"CREATE {kind} {name} AS {view['definition'].rstrip().rstrip(';')}")
-            statements += [f"GRANT SELECT ON {name} TO {sql.ident(g)}" for g in (view["grantees"] or "").split(",") if g]
+            statements += [f"GRANT SELECT ON {name} TO {sql.ident(g)}" for g in json.loads(view["grantees"] or "[]")]
         statements += [f"GRANT SELECT ON {sql.qualified(self.schema, self.table)} TO {sql.ident(user)}" for user in self.dataset.grants]
         statements.append(sql.insert_marker(self.schema, self.dataset.id, version, self.table, fingerprint, rows, True))
         if views:

@@ -101,8 +101,9 @@ def dependent_views(schema: str, table: str) -> str:
     return (
         "SELECT DISTINCT n.nspname AS view_schema, v.relname AS view_name, v.relkind::text AS kind, "
         "pg_get_viewdef(v.oid) AS definition, "
-        # Role names as they are (the caller quotes them): regrole's text is already quoted when a name needs it.
-        "(SELECT string_agg(DISTINCT r.rolname, ',') FROM aclexplode(v.relacl) g JOIN pg_roles r ON r.oid = g.grantee "
+        # Role names as they are (the caller quotes them), as JSON text: a role name may hold a comma, and
+        # both transports return text alike.
+        "(SELECT json_agg(DISTINCT r.rolname)::text FROM aclexplode(v.relacl) g JOIN pg_roles r ON r.oid = g.grantee "
         " WHERE g.privilege_type = 'SELECT' AND g.grantee <> v.relowner AND g.grantee <> 0) AS grantees "
         "FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class "
         "JOIN pg_namespace n ON n.oid = v.relnamespace "

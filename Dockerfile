@@ -22,6 +22,6 @@ COPY configs ./configs
 COPY scripts ./scripts
 
 USER databridge
-# Secrets come from env DATABRIDGE_CONN_* or Secrets Manager (DATABRIDGE_SECRETS_ID) at run time, never baked in.
+# Secrets come from env DATABRIDGE_CONN_* or Secrets Manager (DATABRIDGE_SECRETS_PREFIX or DATABRIDGE_SECRETS_ID) at run time, never baked in.
 ENTRYPOINT ["luigi", "--module", "databridge_luigi"]
 CMD ["PublishAll", "--scheduler-host", "luigid"]

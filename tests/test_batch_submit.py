@@ -286,3 +286,12 @@ def test_deadline_leaves_jobs_running_and_says_so():
     submitter.jobs += [batch.Submitted(f"d{i}", f"job-{i}", f"n{i}") for i in range(150)]  # > 100: two describe calls
     assert submitter.wait(0.05) == batch.EXIT_DEADLINE
     assert out.getvalue().count("still RUNNING at the deadline") == 150
+
+
+def test_job_environment_carries_secret_names_only(monkeypatch):
+    monkeypatch.setenv("DATABRIDGE_SECRETS_PREFIX", "databridge/conn/")
+    monkeypatch.setenv("DATABRIDGE_SECRETS_ID", "databridge/connections")
+    monkeypatch.setenv("DATABRIDGE_CONN_CARTO_PHL", f"postgresql://loader:{DEST_PW}@db:5432/x")
+    env = {e["name"]: e["value"] for e in batch.job_environment(batch.BatchSettings())}
+    assert env["DATABRIDGE_SECRETS_PREFIX"] == "databridge/conn/" and env["DATABRIDGE_SECRETS_ID"] == "databridge/connections"
+    assert not any(name.startswith("DATABRIDGE_CONN_") for name in env) and DEST_PW not in json.dumps(env)

@@ -303,7 +303,8 @@ def test_schema_override_srid_contradicting_the_data_fails_the_load_with_the_liv
     publish(pipeline, "bad__override", "v1")
     pipeline.config("bad__override", CONFIG + "schema_override: override.schema.json\n")
     path.with_name("override.schema.json").write_text('{"fields": [{"name": "shape", "type": "geometry", "geometry_type": "point", "srid": 4326}]}')
-    assert_refused(pipeline, "bad__override", "override", "v2", "Geometry SRID (2272) does not match column SRID (4326)", "line 2, column shape")
+    assert_refused(pipeline, "bad__override", "override", "v2", "Geometry SRID (2272) does not match column SRID (4326)", "line 2, column shape",
+                  "bad__override: COPY into carto_phl:public.override at staged row 1, column shape failed")
 
 
 # --- SQLite (generic) source ------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,18 @@ log = logging.getLogger(__name__)
 # Below this many live rows a table is "small" and drift is judged leniently (±200%, as the City's later checks did).
 SMALL_TABLE_ROWS = 50
 SMALL_TABLE_TOLERANCE = 2.0
+
+
+_COPY_CONTEXT = re.compile(r"COPY [^,\n]+, line (?P<line>\d+)(?:, column (?P<column>[^:\n]+))?")
+
+
+def _staged_row(message: str) -> str:
+    """PostgreSQL names the CSV line (the header is line 1); a user wants the data row and column."""
+    match = _COPY_CONTEXT.search(message)
+    if not match or int(match["line"]) < 2:
+        return ""
+    column = f", column {match['column']}" if match["column"] else ""
+    return f" at staged row {int(match['line']) - 1}{column}"
 
 
 class LoadError(RuntimeError):
@@ -117,7 +130,10 @@ class Loader:
         self.status(f"creating {self.shadow}")
         self.transport.query(sql.create_table(self.schema, self.shadow, table_schema))
         self.status(f"copying {expected} rows into {self.shadow}")
-        copied = self.transport.copy_in(sql.copy_from_stdin(self.schema, self.shadow, table_schema.names), staged)
+        try:
+            copied = self.transport.copy_in(sql.copy_from_stdin(self.schema, self.shadow, table_schema.names), staged)
+        except Exception as exc:
+            raise LoadError(f"{self.dataset.id}: COPY into {self.where()}{_staged_row(str(exc))} failed, live table unchanged: {exc}") from exc
         counted = self._count(self.shadow)
         if not (copied == counted == expected):
             raise LoadError(f"{self.dataset.id}: row count mismatch loading {self.where()}: staged {expected}, copied {copied}, in table {counted}")

@@ -240,16 +240,39 @@ def summary_text(log_file: Path, rc: int) -> str:
     return "\n".join(lines)
 
 
+_PUBLISHED = re.compile(r"(?P<dataset>\w+): (?P<verb>published|recorded \(unchanged data\)) (?P<rows>\d+) rows to (?P<where>\S+)")
+
+
+def success_text(log_file: Path) -> str:
+    """The optional summary of a successful run: what was published (or found unchanged), or nothing to do."""
+    try:
+        text = log_file.read_text(errors="replace")
+    except OSError as exc:
+        text = f"(log unreadable: {exc})"
+    done = [m for m in _PUBLISHED.finditer(text)]
+    head = f":white_check_mark: databridge-luigi cron run ok on {socket.gethostname()}"
+    if not done:
+        return f"{head}: nothing to do"
+    lines = [f"{head}: {len(done)} dataset(s)"]
+    lines += [f"• {m['dataset']}: {m['verb']} {int(m['rows']):,} rows to {m['where']}" for m in done[:30]]
+    if len(done) > 30:
+        lines.append(f"… and {len(done) - 30} more")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m databridge_luigi.notify", description="Slack alerts")
-    parser.add_argument("--summary", nargs=2, metavar=("LOGFILE", "RC"), required=True,
-                        help="post one failure summary of a luigi run's log file")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--summary", nargs=2, metavar=("LOGFILE", "RC"), help="post one failure summary of a luigi run's log file")
+    which.add_argument("--success", metavar="LOGFILE", help="post one summary of a successful run's log file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    log_file, rc = Path(args.summary[0]), int(args.summary[1])
-    text = summary_text(log_file, rc)
+    if args.success:
+        kind, text = "success", success_text(Path(args.success))
+    else:
+        kind, text = "failure", summary_text(Path(args.summary[0]), int(args.summary[1]))
     sent = post(text)
-    print(("posted" if sent else "not posted") + " Slack failure summary", file=sys.stderr)
+    print(("posted" if sent else "not posted") + f" Slack {kind} summary", file=sys.stderr)
     return 0  # an alert that could not be sent must not change the wrapper's outcome
 
 

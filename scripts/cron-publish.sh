@@ -4,7 +4,8 @@
 #
 #   scripts/cron-publish.sh [luigi args…]        e.g. --scheduler-host luigid.internal --workers 4
 #
-# Env: CRON_PUBLISH_LOCK (default var/run/cron-publish.lock), CRON_PUBLISH_LOG_DIR (default var/log/cron).
+# Env: CRON_PUBLISH_LOCK (default var/run/cron-publish.lock), CRON_PUBLISH_LOG_DIR (default var/log/cron),
+#      CRON_PUBLISH_SLACK_SUCCESS=on to post a summary of successful runs too.
 # Exit: 0 success, nothing to do, or another run holds the lock / luigi said "already running" (10);
 #       otherwise luigi's code (20 missing data, 25 not run, 30 task failed, 35 scheduling error, 40 unhandled),
 #       after posting one failure summary to the "slack" connection.
@@ -44,6 +45,11 @@ echo "# exit $rc at $(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"$log_file"
 case "$rc" in
     0)
         echo "cron-publish: ok (log $log_file)"
+        case "${CRON_PUBLISH_SLACK_SUCCESS:-off}" in
+            1|on|true|yes)
+                "$PYTHON" -W ignore::RuntimeWarning -m databridge_luigi.notify --success "$log_file" 9>&- >>"$log_file" 2>&1 \
+                    || echo "cron-publish: the Slack summary helper failed (see $log_file)" >&2 ;;
+        esac
         exit 0 ;;
     10)
         echo "cron-publish: luigi says already running (benign; log $log_file)"

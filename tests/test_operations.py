@@ -176,6 +176,21 @@ def test_cron_success_exits_zero_and_keeps_a_log(pipeline, tmp_path, slack):
     assert slack.messages == []
 
 
+def test_cron_success_summary_when_asked(pipeline, tmp_path, slack):
+    make_points_table(pipeline, "gis_ops", "good", 20)
+    make_points_table(pipeline, "gis_ops", "other", 30)
+    pipeline.config("ops__good", DAILY)
+    pipeline.config("ops__other", DAILY)
+    env = dict(cron_env(pipeline, tmp_path, slack.url_with_secret), CRON_PUBLISH_SLACK_SUCCESS="on")
+    assert cron(env).returncode == 0
+    assert len(slack.messages) == 1
+    text = slack.messages[0]["text"]
+    assert "cron run ok" in text and "2 dataset(s)" in text
+    assert "ops__good: published 20 rows to carto_phl:public.good" in text and "ops__other: published 30 rows" in text
+    assert cron(env).returncode == 0  # the rerun has nothing to do, and says so
+    assert len(slack.messages) == 2 and slack.messages[1]["text"].endswith(": nothing to do")
+
+
 # --- luigid.sh ---------------------------------------------------------------------------------------------
 
 def free_port() -> int:

@@ -23,8 +23,7 @@ import sqlite3
 
 import pytest
 
-from databridge_luigi.config import MAX_TABLE_NAME, load_datasets
-from databridge_luigi.schema import SchemaError
+from databridge_luigi.config import MAX_TABLE_NAME, ConfigError, load_datasets
 from databridge_luigi.sources.sql import ExtractError
 from databridge_luigi.tasks import Publish
 from tests.conftest import ensure_role
@@ -136,17 +135,23 @@ def test_column_names_longer_than_63_bytes_are_refused_naming_dataset_and_column
     assert pipeline.dest("SELECT to_regclass('longnames'), to_regclass('longnames__shadow')") == [(None, None)]
 
 
-def test_destination_schema_is_quoted_a_real_odd_schema_lands_and_an_injection_does_nothing(pipeline, victims):
+def test_destination_schema_odd_in_a_url_is_quoted_and_refused_in_a_config(pipeline, victims, monkeypatch):
+    """A config's destination.schema is refused unless it is a plain name (file and key named); a schema from
+    the connection URL (``?schema=``) is quoted: an odd real one lands, an injection attempt finds no schema."""
     pipeline.source("CREATE SCHEMA IF NOT EXISTS gis_ids")
     pipeline.source("DROP TABLE IF EXISTS gis_ids.plain; CREATE TABLE gis_ids.plain (id integer); INSERT INTO gis_ids.plain VALUES (7)")
+    for odd in ("Odd Schema", 'public"; DROP TABLE public.victim; --'):
+        pipeline.config("ids__plain", CONFIG + f"destination: {{schema: '{odd}'}}\n")
+        with pytest.raises(ConfigError, match=r"plain\.yml: destination\.schema: schema .* must be lower-case"):
+            publish(pipeline, "ids__plain", "v0")
+    pipeline.config("ids__plain", CONFIG)
     pipeline.dest('CREATE SCHEMA "Odd Schema"')
-    pipeline.config("ids__plain", CONFIG + 'destination: {schema: "Odd Schema"}\n')
+    monkeypatch.setenv("DATABRIDGE_CONN_CARTO_PHL", pipeline.dest_dsn + "?schema=Odd%20Schema")
     run = pipeline.run(Publish(dataset_id="ids__plain", force=True))
     assert run.ok, run.summary
     assert pipeline.dest('SELECT id FROM "Odd Schema".plain') == [(7,)]
     assert pipeline.dest('SELECT dataset_id FROM "Odd Schema".databridge_luigi_publications') == [("ids__plain",)]
-
-    pipeline.config("ids__plain", CONFIG + "destination: {schema: 'public\"; DROP TABLE public.victim; --'}\n")
+    monkeypatch.setenv("DATABRIDGE_CONN_CARTO_PHL", pipeline.dest_dsn + "?schema=public%22%3B%20DROP%20TABLE%20public.victim%3B%20--")
     with pytest.raises(Exception, match='schema "public"; DROP TABLE public.victim; --" does not exist'):
         publish(pipeline, "ids__plain", "v2")
 
@@ -169,7 +174,7 @@ def test_schema_override_type_holding_sql_is_refused(pipeline, victims):
     path = pipeline.config("ids__typed", CONFIG + "schema_override: typed.schema.json\n")
     path.with_name("typed.schema.json").write_text(
         '{"fields": [{"name": "code", "type": "text); DROP TABLE public.victim; CREATE TABLE public.x (y text"}]}')
-    with pytest.raises(SchemaError, match=r"column 'code': 'text\); DROP TABLE .* is not a type name"):
+    with pytest.raises(ConfigError, match=r"typed\.yml: schema_override: typed\.schema\.json: column 'code': 'text\); DROP TABLE .* is not a type name"):
         publish(pipeline, "ids__typed", "v1")
     path.with_name("typed.schema.json").write_text('{"fields": [{"name": "code", "type": "character varying(10)"}]}')
     publish(pipeline, "ids__typed", "v1")

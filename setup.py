@@ -21,6 +21,7 @@ setup(
         "PyYAML>=6.0,<7",
         "requests>=2.32,<3",
         "pyairtable>=3.0,<4",
+        "isal>=1.7,<2",
     ],
     extras_require={
         "test": [
@@ -34,7 +35,7 @@ setup(
             "six>=1.16",
             "setuptools<82",
         ],
-        "bench": ["dlt[postgres,sql_database]>=1.0,<2", "pyinstrument>=5,<6"],
+        "bench": ["dlt[postgres,sql_database]>=1.0,<2", "pyinstrument>=5,<6", "py-spy>=0.4,<1"],
     },
     entry_points={"console_scripts": ["databridge-luigi=databridge_luigi.cli:main"]},
 )

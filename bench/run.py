@@ -268,8 +268,10 @@ def machine() -> str:
         server = conn.execute("SHOW server_version").fetchone()[0]
     import luigi
 
+    from databridge_luigi import staging
+
     return (f"{os.cpu_count()} cores, {mem_kb / 1024 / 1024:.0f} GiB RAM, Python {platform.python_version()}, "
-            f"PostgreSQL {server}, luigi {luigi.__version__}")
+            f"PostgreSQL {server}, luigi {luigi.__version__}, gzip by {staging.DEFLATE} level {staging.GZIP_LEVEL}")
 
 
 def main() -> int:
@@ -302,9 +304,10 @@ def main() -> int:
     if args.write_readme:
         readme = ROOT / "bench" / "README.md"
         text = readme.read_text() if readme.exists() else ""
-        marker = "<!-- results -->"
+        marker, end = "<!-- results -->", "<!-- /results -->"
         head = text.split(marker)[0] if marker in text else text
-        readme.write_text(f"{head}{marker}\nMeasured {time.strftime('%Y-%m-%d')} on {machine()}:\n\n{table}\n")
+        tail = text.split(end, 1)[1] if end in text else "\n"
+        readme.write_text(f"{head}{marker}\nMeasured {time.strftime('%Y-%m-%d')} on {machine()}:\n\n{table}\n{end}{tail}")
     return 0
 
 

@@ -19,6 +19,10 @@ from ..staging import StagedTable
 from . import sql
 
 COPY_CHUNK = 1024 * 1024
+# The load's index builds (GiST on the geometry, configured btrees) sort in memory up to maintenance_work_mem;
+# the server default (64MB) spills a 1M-point GiST build to disk. The session asks for this much, never less
+# than the server's own setting (measured: GiST on 1M points 0.94 s → 0.85 s).
+MAINTENANCE_WORK_MEM_KB = 256 * 1024
 
 
 class PostgisError(RuntimeError):
@@ -47,6 +51,9 @@ class PostgisTransport:
             try:
                 self._conn = psycopg.connect(self._url, autocommit=True, row_factory=dict_row, connect_timeout=self._connect_timeout,
                                              application_name="databridge-luigi")
+                self._conn.execute("SELECT set_config('maintenance_work_mem', %s, false) FROM pg_settings "
+                                   "WHERE name = 'maintenance_work_mem' AND setting::bigint < %s",
+                                   (f"{MAINTENANCE_WORK_MEM_KB}kB", MAINTENANCE_WORK_MEM_KB))
             except psycopg.Error as exc:
                 raise PostgisError(f"cannot connect to destination {self.name!r}: {redact(str(exc)).strip()}") from None
         return self._conn

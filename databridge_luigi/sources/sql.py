@@ -298,6 +298,8 @@ class PostgresAdapter(Adapter):
     """PostgreSQL/PostGIS: catalog from pg_attribute + geometry_columns, data through COPY TO STDOUT."""
 
     dialect = "postgresql"
+    COPY_BLOCK = 1024 * 1024  # COPY output handed to the staging writer at a time
+    COPY_PROGRESS_ROWS = 50_000
 
     def __init__(self, dataset: Dataset, engine: sa.Engine):
         super().__init__(dataset, engine)
@@ -403,14 +405,23 @@ class PostgresAdapter(Adapter):
             pg.execute("SET DateStyle = 'ISO, YMD'")
             pg.execute("SET IntervalStyle = 'iso_8601'")
             with pg.cursor() as cursor:
-                newlines = 0
+                # The server sends one CopyData message per row: the loop only appends each to a block, and
+                # the writer gets whole blocks (its compressor and uploader threads do the rest), so the
+                # read keeps up with the server. Messages (header + rows) count rows for progress only; the
+                # row count is the server's (cursor.rowcount).
+                block, messages, report = bytearray(), 0, self.COPY_PROGRESS_ROWS
                 with cursor.copy(f"COPY ({self.select_sql(columns)}) TO STDOUT WITH (FORMAT csv, HEADER true)") as copy:
                     for chunk in copy:
-                        data = bytes(chunk)
-                        writer.write_csv(data)
-                        newlines += data.count(b"\n")
-                        if newlines % 50_000 < 200:
-                            progress(max(newlines - 1, 0))
+                        block += chunk
+                        messages += 1
+                        if len(block) >= self.COPY_BLOCK:
+                            writer.write_csv(block)
+                            block.clear()
+                            if messages > report:
+                                progress(messages - 1)
+                                report = messages + self.COPY_PROGRESS_ROWS
+                    if block:
+                        writer.write_csv(block)
                 rows = cursor.rowcount
             writer.columns = [c.name for c in columns]
             writer.rows = rows

@@ -200,6 +200,10 @@ class Bench:
                             f"source: {{schema: bench, table: {table}}}\ndestination: {{table: {table}}}\n")
         return root
 
+    def settle(self) -> None:
+        """Flush the previous contestant's writes (WAL, dirty buffers) so none pays for another's checkpoint."""
+        self._sql(self.dest, "CHECKPOINT")
+
     # contestants
 
     def floor(self, table: str, rows: int) -> Result:
@@ -288,10 +292,14 @@ def main() -> int:
     try:
         for rows in sizes:
             table = bench.make_table(rows)
+            bench.settle()
             results.append(bench.floor(table, rows))
+            bench.settle()
             results.append(bench.ours(table, rows, "postgis"))
+            bench.settle()
             results.append(bench.ours(table, rows, "carto"))
             if not args.skip_dlt:
+                bench.settle()
                 results.append(bench.dlt(table, rows))
             print(render(results), "\n", flush=True)
         results.append(bench.noop())

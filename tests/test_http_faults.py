@@ -611,3 +611,26 @@ def test_s3_persistent_fault_fails_without_a_manifest(s3, aws, monkeypatch, fail
     assert expected in str(exception), str(exception)
     assert len(emulators["slack"].messages) == 1 and "flt__violations" in emulators["slack"].messages[0]["text"]
     assert pipeline.dest("SELECT to_regclass('public.violations')")[0][0] is None
+
+
+@pytest.mark.parametrize("where", list(S3_CASES))
+def test_s3_read_timeout_is_retried_then_bounded(s3, aws, monkeypatch, where):
+    """S3 answering too slowly: botocore's read timeout (DATABRIDGE_S3_READ_TIMEOUT) ends the wait and the
+    request is retried; a server that is always too slow fails the run in bounded time."""
+    proxy, pipeline = s3
+    monkeypatch.setenv("DATABRIDGE_S3_READ_TIMEOUT", "1")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    proxy.inject("slow", times=1, seconds=2.5, **S3_CASES[where])
+    run = pipeline.run(Publish(dataset_id="flt__violations", force=True))
+    assert run.ok, run.summary
+    assert pipeline.dest("SELECT count(*) FROM violations")[0][0] == S3_ROWS
+    assert [r.fault for r in proxy.requests if r.fault] == ["slow"]
+
+    proxy.inject("slow", times=None, seconds=2.5, **S3_CASES[where])
+    started = time.monotonic()
+    again = pipeline.run(Publish(dataset_id="flt__violations", force=True))
+    elapsed = time.monotonic() - started
+    proxy.clear_faults()
+    assert not again.ok and elapsed < BOUND
+    assert len([r for r in proxy.requests if r.fault]) == 1 + 2  # AWS_MAX_ATTEMPTS, then the run stops
+    assert pipeline.dest("SELECT count(*) FROM violations")[0][0] == S3_ROWS  # the live table is untouched

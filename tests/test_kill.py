@@ -145,6 +145,19 @@ def assert_converges(case: Case, expect_extract: bool | None = None, expect_load
     return out
 
 
+def kill_when_active(case: Case, dsn: str, what: str, query_like: str) -> None:
+    """Start the worker for VERSION_B and SIGKILL it once ``query_like`` runs on ``dsn``; wait until the
+    server has ended the worker's statement."""
+    activity = Activity(dsn)
+    try:
+        worker = case.start(VERSION_B)
+        found = wait_for(what, lambda: activity.find(query_like), worker)
+        worker.kill()
+        activity.wait_gone([row[0] for row in found])
+    finally:
+        activity.close()
+
+
 def test_kill_during_extract_with_partial_local_staging(tmp_path, source_dsn, dest_dsn):
     """Local staging: the source's COPY (SELECT) is running and the staging temp file already holds data
     bytes, no manifest. The rerun must extract again and publish exactly once."""
@@ -210,14 +223,7 @@ def test_kill_during_copy_into_shadow(tmp_path, source_dsn, dest_dsn):
     rerun reuses the complete staged version (no second extract) and loads once."""
     case = setup_case(tmp_path, source_dsn, dest_dsn)
     before = old_digest(case)
-    dest = Activity(dest_dsn)
-    try:
-        worker = case.start(VERSION_B)
-        found = wait_for("COPY into the shadow table", lambda: dest.find('COPY %__shadow%FROM STDIN%'), worker)
-        worker.kill()
-        dest.wait_gone([row[0] for row in found])
-    finally:
-        dest.close()
+    kill_when_active(case, dest_dsn, "COPY into the shadow table", "COPY %__shadow%FROM STDIN%")
     assert case.staged_manifest(VERSION_B) is not None
     assert_consistent_after_kill(case, before)
     assert_converges(case, expect_extract=False)
@@ -263,14 +269,7 @@ def test_kill_during_index_creation(tmp_path, source_dsn, dest_dsn):
     expected_indexes = {f"{case.table}_{c.replace('+', '_')}" for c in configured} | {f"{case.table}_shape"}
     assert expected_indexes <= indexes(dest_dsn, case.table)
     before = old_digest(case)
-    dest = Activity(dest_dsn)
-    try:
-        worker = case.start(VERSION_B)
-        found = wait_for("CREATE INDEX on the shadow table", lambda: dest.find("CREATE INDEX%__shadow%"), worker)
-        worker.kill()
-        dest.wait_gone([row[0] for row in found])
-    finally:
-        dest.close()
+    kill_when_active(case, dest_dsn, "CREATE INDEX on the shadow table", "CREATE INDEX%__shadow%")
     assert_consistent_after_kill(case, before, expect_new=False)
     assert expected_indexes <= indexes(dest_dsn, case.table), "the old live table lost its indexes"
     assert_converges(case, expect_extract=False, expect_load=True)

@@ -73,8 +73,10 @@ class Fault:
     match: str | None
     options: dict[str, Any] = field(default_factory=dict)
 
-    def applies_to(self, path: str) -> bool:
-        return self.match is None or self.match in path
+    def applies_to(self, path: str, method: str | None = None) -> bool:
+        """``match`` is in the path, and the ``method`` option (if given) is the request's method."""
+        wanted = self.options.get("method")
+        return (self.match is None or self.match in path) and (wanted is None or wanted == method)
 
 
 class SlidingWindow:
@@ -208,10 +210,10 @@ class Emulator:
         with self._lock:
             return [r for r in self.requests if fragment in r.path]
 
-    def _take_fault(self, path: str) -> Fault | None:
+    def _take_fault(self, path: str, method: str | None = None) -> Fault | None:
         with self._lock:
             for fault in self._faults:
-                if fault.applies_to(path):
+                if fault.applies_to(path, method):
                     if fault.times is not None:
                         fault.times -= 1
                         if fault.times <= 0:
@@ -242,7 +244,7 @@ class Emulator:
         request = Request(environ)
         if request.path.startswith(ADMIN_PREFIX):
             return self._admin(request)(environ, start_response)
-        fault = self._take_fault(request.path)
+        fault = self._take_fault(request.path, request.method)
         entry = self._record(request, fault)
         response = self._respond(request, fault, environ)
         entry.status = response.status_code

@@ -58,17 +58,7 @@ class FaultProxy(Emulator):
 
     # --- faults: also by method and query string -----------------------------------------------------------
     def _take_fault_for(self, request: Request) -> Fault | None:
-        target = request.full_path.rstrip("?")
-        with self._lock:
-            for fault in self._faults:
-                method = fault.options.get("method")
-                if (fault.match is None or fault.match in target) and (method is None or method == request.method):
-                    if fault.times is not None:
-                        fault.times -= 1
-                        if fault.times <= 0:
-                            self._faults.remove(fault)
-                    return fault
-        return None
+        return self._take_fault(request.full_path.rstrip("?"), request.method)  # S3 keys live in the path and query
 
     def rate_limit_response(self, request: Request, **options: Any) -> Response:
         return s3_error(503, "SlowDown", "Please reduce your request rate.", request)

@@ -112,14 +112,11 @@ class Loader:
             index_renames = self._indexes(table_schema)
             self.status(f"swapping {self.where()}")
             self._swap(manifest.version, manifest.sha256, manifest.rows, index_renames)
-        except LoadError:
+        except BaseException as exc:
             self._drop_shadow_quietly()
-            raise
-        except Exception as exc:  # a transport error: say which dataset and where, keep the cause for rotation checks
-            self._drop_shadow_quietly()
-            raise LoadError(f"{self.dataset.id}: load into {self.where()} failed, live table unchanged: {exc}") from exc
-        except BaseException:
-            self._drop_shadow_quietly()
+            if isinstance(exc, Exception) and not isinstance(exc, LoadError):
+                # A transport error: say which dataset and where; the cause stays chained for rotation checks.
+                raise LoadError(f"{self.dataset.id}: load into {self.where()} failed, live table unchanged: {exc}") from exc
             raise
         self.transport.post_swap(self.schema, self.table, table_schema, self.dataset)
         elapsed = time.monotonic() - started

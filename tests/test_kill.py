@@ -195,8 +195,10 @@ def test_kill_mid_multipart_upload_to_s3(tmp_path, source_dsn, dest_dsn, moto_se
     s3 = boto3.client("s3", endpoint_url=moto_server, aws_access_key_id="testing", aws_secret_access_key="testing",
                       region_name="us-east-1")
     s3.create_bucket(Bucket=bucket)
-    # ~32 random hex chars x 4 per row keep gzip near 2:1, so the data outgrows one 8 MiB part.
-    case = setup_case(tmp_path, source_dsn, dest_dsn, rows=120_000, staging=f"s3://{bucket}/stage", extra_env=aws, payload_md5s=4)
+    # ~32 random hex chars x 4 per row keep gzip near 2:1.
+    # Enough data for several 8 MiB parts: parts go up from a background thread, so with only two the upload
+    # could complete between the check and the kill.
+    case = setup_case(tmp_path, source_dsn, dest_dsn, rows=400_000, staging=f"s3://{bucket}/stage", extra_env=aws, payload_md5s=4)
     before = old_digest(case)
     prefix = f"stage/{case.dataset_id}/{VERSION_B}/"
     worker = case.start(VERSION_B)

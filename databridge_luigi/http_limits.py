@@ -1,5 +1,6 @@
 """What the HTTP source and geocoder clients share: a retryable-failure type that may carry the server's
-requested wait, the tenacity wait rule that honours it, and a client-side request rate limit."""
+requested wait, the tenacity wait rule that honours it, the retry policy built on both, and a client-side
+request rate limit."""
 from __future__ import annotations
 
 import os
@@ -9,7 +10,7 @@ from collections import deque
 from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
-from tenacity import RetryCallState
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 
 class Retryable(Exception):
@@ -48,6 +49,13 @@ def retry_wait(base: float | Callable[[], float] = backoff_base, cap: float = 10
         return min(start * 2 ** (state.attempt_number - 1), cap)
 
     return wait
+
+
+def retrying(attempts: int, before_sleep: Callable[[RetryCallState], None],
+             base: float | Callable[[], float] = backoff_base) -> Retrying:
+    """Retry ``Retryable`` failures up to ``attempts`` times with ``retry_wait``; the last one is re-raised."""
+    return Retrying(retry=retry_if_exception_type(Retryable), wait=retry_wait(base), stop=stop_after_attempt(attempts),
+                    reraise=True, before_sleep=before_sleep)
 
 
 class RateLimiter:

@@ -34,9 +34,9 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import requests
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity import RetryCallState
 
-from ..http_limits import Retryable, retry_wait
+from ..http_limits import Retryable, retrying
 from ..connections import redact, register_secret
 
 log = logging.getLogger(__name__)
@@ -171,9 +171,7 @@ class AISClient:
             return None
 
     def search(self, query: str) -> list[dict[str, Any]]:
-        retrying = Retrying(retry=retry_if_exception_type(Retryable), wait=retry_wait(backoff_base), stop=stop_after_attempt(MAX_ATTEMPTS),
-                            reraise=True, before_sleep=self._before_sleep)
-        return retrying(self._search_once, query)
+        return retrying(MAX_ATTEMPTS, self._before_sleep, backoff_base)(self._search_once, query)
 
     def _before_sleep(self, state: RetryCallState) -> None:
         with self._count_lock:

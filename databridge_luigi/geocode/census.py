@@ -19,10 +19,9 @@ from collections.abc import Callable
 from typing import Any
 
 import requests
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from ..connections import redact
-from ..http_limits import Retryable, endpoint, retry_wait
+from ..http_limits import Retryable, endpoint, retrying
 from .ais import GeocodeError, backoff_base
 
 log = logging.getLogger(__name__)
@@ -67,10 +66,8 @@ class CensusClient:
         for index, address in enumerate(addresses):
             writer.writerow([index, *address])
         body = out.getvalue().encode("utf-8")
-        retrying = Retrying(retry=retry_if_exception_type(Retryable), wait=retry_wait(backoff_base), stop=stop_after_attempt(MAX_ATTEMPTS),
-                            reraise=True, before_sleep=lambda state: self._count_retry())
         try:
-            text = retrying(self._post, body)
+            text = retrying(MAX_ATTEMPTS, lambda state: self._count_retry(), backoff_base)(self._post, body)
         except Retryable as exc:
             raise GeocodeError(f"{self.dataset_id}: geocode: Census POST {endpoint(self.base_url)}/locations/addressbatch: "
                                f"batch of {len(addresses)} rows failed after {MAX_ATTEMPTS} attempts: {exc}") from None

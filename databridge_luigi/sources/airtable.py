@@ -36,9 +36,9 @@ from urllib.parse import unquote, urlsplit
 
 import requests
 from pyairtable import Api
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity import RetryCallState
 
-from ..http_limits import RateLimiter, Retryable, endpoint, retry_wait
+from ..http_limits import RateLimiter, Retryable, endpoint, retrying
 from ..config import Dataset
 from ..connections import redact, register_secret
 from ..schema import Column, TableSchema
@@ -118,10 +118,8 @@ class LimitedApi(Api):
         self.retries = 0
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-        retrying = Retrying(retry=retry_if_exception_type(Retryable), wait=retry_wait(), stop=stop_after_attempt(MAX_ATTEMPTS),
-                            reraise=True, before_sleep=self._before_sleep)
         try:
-            return retrying(self._request_once, method, url, *args, **kwargs)
+            return retrying(MAX_ATTEMPTS, self._before_sleep)(self._request_once, method, url, *args, **kwargs)
         except Retryable as exc:
             raise AirtableError(f"{self.dataset_id}: extract: Airtable {method} {endpoint(url)}: "
                                 f"gave up after {MAX_ATTEMPTS} attempts: {exc}") from None

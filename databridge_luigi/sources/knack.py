@@ -35,9 +35,9 @@ from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import requests
-from tenacity import RetryCallState, retry, retry_if_exception_type, stop_after_attempt
+from tenacity import RetryCallState
 
-from ..http_limits import RateLimiter, Retryable, endpoint, retry_wait
+from ..http_limits import RateLimiter, Retryable, endpoint, retrying
 from ..config import Dataset
 from ..connections import redact, register_secret
 from ..schema import Column, TableSchema
@@ -144,13 +144,8 @@ class KnackClient:
         self.session.close()
 
     def get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        @retry(retry=retry_if_exception_type(Retryable), wait=retry_wait(), stop=stop_after_attempt(MAX_ATTEMPTS),
-               reraise=True, before_sleep=self._before_sleep)
-        def attempt() -> dict[str, Any]:
-            return self._get_once(path, params)
-
         try:
-            return attempt()
+            return retrying(MAX_ATTEMPTS, self._before_sleep)(self._get_once, path, params)
         except Retryable as exc:
             raise KnackError(f"{self.dataset_id}: extract: Knack GET {endpoint(self.conn.base_url + path)}: "
                              f"gave up after {MAX_ATTEMPTS} attempts: {exc}") from None

@@ -171,6 +171,11 @@ class DatasetFile(_Strict):
     timezone: str = "America/New_York"
     schema_override: str | None = None
     geocode: GeocodeOptions | None = None
+    # How a load reaches the live table (publish/): replace in place, merge by primary_key, or swap in a new table.
+    load_mode: Literal["replace", "merge", "swap"] | None = None
+    primary_key: list[StrictStr] = []
+    delete_stale: StrictBool = True
+    timeout: int | None = Field(default=None, gt=0, description="seconds; statement_timeout on source and destination sessions")
 
     @field_validator("schedule_interval", mode="before")
     @classmethod
@@ -196,6 +201,16 @@ class DatasetFile(_Strict):
                 if not _COLUMN.match(column):
                     raise ValueError(f"{index!r} is not a column name or a composite 'a+b' of column names")
         return value
+
+    @field_validator("primary_key")
+    @classmethod
+    def _primary_key(cls, value: list[str]) -> list[str]:
+        for column in value:
+            if not _COLUMN.match(column):
+                raise ValueError(f"{column!r} is not a column name")
+        if len({c.lower() for c in value}) != len(value):
+            raise ValueError("a column is listed twice")
+        return [c.lower() for c in value]
 
     @field_validator("carto_users")
     @classmethod
@@ -242,6 +257,10 @@ class Dataset:
     timezone: str
     schema_override: str | None
     accept_schema_change: bool = False
+    load_mode: Literal["replace", "merge", "swap"] | None = None  # None: merge with a primary_key, else the luigi.cfg default
+    primary_key: tuple[str, ...] = ()
+    delete_stale: bool = True
+    timeout: float | None = None  # seconds
     carto_env: str | None = None
     knack_object_id: int | None = None
     airtable_base: str | None = None
@@ -402,6 +421,8 @@ def _build_dataset(where: str, kind: str, dept: str, table: str, env: str | None
                 problems.append(ConfigProblem(where, "geocode.srid", "the census geocoder answers in lon/lat: srid must be 4326"))
     if spec.schema_override:
         problems += _schema_override_problems(where, spec.schema_override)
+    if spec.load_mode == "merge" and not spec.primary_key:
+        problems.append(ConfigProblem(where, "load_mode", "merge needs primary_key: [columns] that identify a row"))
     if problems:
         raise ConfigError(problems)
     suffix = f"__{env}" if kind == "knack" else ""
@@ -428,6 +449,10 @@ def _build_dataset(where: str, kind: str, dept: str, table: str, env: str | None
         allow_empty=spec.allow_empty,
         row_count_tolerance=spec.row_count_tolerance,
         accept_schema_change=spec.accept_schema_change,
+        load_mode=spec.load_mode,
+        primary_key=tuple(spec.primary_key),
+        delete_stale=spec.delete_stale,
+        timeout=float(spec.timeout) if spec.timeout else None,
         timezone=spec.timezone,
         schema_override=str(Path(where).parent / spec.schema_override) if spec.schema_override else None,
         carto_env=env,

@@ -8,6 +8,10 @@ from .connections import install_log_redaction
 
 install_log_redaction()
 
+from .luigi_defaults import apply_retcodes  # noqa: E402
+
+apply_retcodes()  # failures exit non-zero wherever the command runs (luigi.cfg is read from the working directory)
+
 
 class _ToLuigiInterface(logging.Handler):
     """Show our log lines wherever luigi shows its own (luigi configures only the 'luigi-interface'

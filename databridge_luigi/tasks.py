@@ -18,6 +18,7 @@ import luigi
 from .config import Dataset, Registry, default_config_dir
 from .connections import redact, redact_exception, redacted_traceback, resolve, retry_if_rotated
 from . import notify
+from .luigi_defaults import check_scheduler
 from .publish import transports
 from .publish.protocol import Loader, LoadResult
 from .schedule import due_version, forced_version, parse_version
@@ -181,6 +182,10 @@ class Publish(luigi.WrapperTask):
     accept_schema_change = luigi.BoolParameter(default=False, significant=False,
                                                description="publish even if columns are added, removed or retyped")
 
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        check_scheduler()  # from the command line: no luigid reachable fails in seconds, with a hint
+
     @property
     def resolved_version(self) -> str:
         if not hasattr(self, "_resolved_version"):
@@ -209,6 +214,10 @@ class Publish(luigi.WrapperTask):
 
 class PublishAll(luigi.WrapperTask):
     """Publish every enabled, scheduled dataset whose due version is not yet published."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        check_scheduler()
 
     def datasets(self) -> list[Dataset]:
         return [d for d in registry() if d.enabled and d.schedule is not None]

@@ -4,7 +4,7 @@
 #   scripts/luigid.sh                 # http://127.0.0.1:8082, state and history under var/luigid/
 #
 # Env: LUIGID_ADDRESS (127.0.0.1), LUIGID_PORT (8082), LUIGID_VAR_DIR (var/luigid: state.pickle, history.db,
-# luigid.cfg, luigid.log). luigid has NO authentication: anyone who reaches the port can mark tasks done or
+# luigid.cfg, luigi-server.log; luigid.log for start-up errors). luigid has NO authentication: anyone who reaches the port can mark tasks done or
 # re-enable them. Keep it on 127.0.0.1 or a private address, behind an authenticating proxy if shared.
 # SIGTERM/SIGINT stop it cleanly (the state is written to state.pickle at shutdown).
 set -euo pipefail
@@ -31,7 +31,8 @@ db_connection = sqlite:///$VAR_DIR/history.db
 CFG
 export LUIGI_CONFIG_PATH="$VAR_DIR/luigid.cfg"
 
-echo "luigid: http://$ADDRESS:$PORT (no authentication), state $VAR_DIR/state.pickle, history $VAR_DIR/history.db, log $VAR_DIR/luigid.log"
+# With --logdir luigid writes its log to luigi-server.log; luigid.log only catches what fails before that.
+echo "luigid: http://$ADDRESS:$PORT (no authentication), state $VAR_DIR/state.pickle, history $VAR_DIR/history.db, log $VAR_DIR/luigi-server.log (start-up errors: $VAR_DIR/luigid.log)"
 # luigi 3.8's task-history schema "upgrade" passes raw SQL strings, which SQLAlchemy 2 rejects, so luigid
 # would die at start. A history database that luigid itself creates needs no upgrade (on SQLite the step only
 # warns anyway): skip it for SQLite, and run it wrapped in text() for other databases.

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -28,16 +29,46 @@ def luigid(tmp_path):
     port = free_port()
     process = subprocess.Popen([LUIGID, "--address", "127.0.0.1", "--port", str(port), "--state-path", str(tmp_path / "state.pickle"),
                                 "--logdir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/ping?data={{}}", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.2)
+    wait_until_ready(port, process)
     yield port
     process.terminate()
     process.wait(timeout=20)
+
+
+def ready(port: int) -> bool:
+    """luigid answers a read-only API call with HTTP 200 (``/api/ping`` without a worker id answers 500)."""
+    query = urllib.parse.urlencode({"data": json.dumps({"status": "RUNNING", "upstream_status": "", "search": ""})})
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/task_list?{query}", timeout=1) as reply:
+            return reply.status == 200 and "response" in json.load(reply)
+    except OSError:
+        return False
+
+
+def wait_until_ready(port: int, process: subprocess.Popen | None = None, seconds: float = 20) -> float:
+    """Wait until luigid on ``port`` is ready; fail (not carry on) when it is not. Returns the seconds waited."""
+    started = time.monotonic()
+    while not ready(port):
+        assert process is None or process.poll() is None, f"luigid exited with {process.returncode}"
+        assert time.monotonic() - started < seconds, f"luigid on port {port} not ready after {seconds} s"
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def test_readiness_probe_gets_200_quickly(tmp_path):
+    """The probe is something luigid answers with 200, so a fixture waits for start-up, not for a deadline."""
+    port = free_port()
+    process = subprocess.Popen([LUIGID, "--address", "127.0.0.1", "--port", str(port), "--state-path", str(tmp_path / "s.pickle"),
+                                "--logdir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert not ready(port)  # nothing listens yet (or not ready): the probe says no
+        assert wait_until_ready(port, process) < 10
+        with pytest.raises(urllib.error.HTTPError) as old_probe:  # what the fixtures used to poll
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/ping?data={{}}", timeout=2)
+        assert old_probe.value.code == 500
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
 
 
 def api(port: int, method: str, **data) -> dict:

@@ -20,6 +20,7 @@ import databridge_luigi.schedule as schedule
 from databridge_luigi.tasks import Extract
 from tests.emulators.slack import SlackEmulator
 from tests.pipeline import Pipeline, make_points_table
+from tests.test_luigid import wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = str(ROOT / ".venv/bin/python") if (ROOT / ".venv/bin/python").exists() else sys.executable
@@ -204,17 +205,7 @@ def test_luigid_script_serves_on_loopback_and_stops_on_sigterm(tmp_path):
     env = dict(os.environ, LUIGID_PORT=str(port), LUIGID_VAR_DIR=str(tmp_path / "luigid"))
     proc = subprocess.Popen([str(ROOT / "scripts/luigid.sh")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        url = f"http://127.0.0.1:{port}/api/ping?data=" + urllib.request.quote(json.dumps({"worker": "test"}))
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=2) as reply:
-                    assert reply.status == 200 and "response" in json.loads(reply.read())
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stdout.read()
-                assert time.monotonic() < deadline, "luigid did not answer"
-                time.sleep(0.2)
+        wait_until_ready(port, proc)
         listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
         assert f"127.0.0.1:{port}" in listening and "0.0.0.0" not in listening.split(":")[0]
         cfg = (tmp_path / "luigid/luigid.cfg").read_text()
@@ -223,4 +214,9 @@ def test_luigid_script_serves_on_loopback_and_stops_on_sigterm(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) is not None
+    # The log file the script names is the one luigid writes.
+    first_line = proc.stdout.readline()
+    named = first_line.split(" log ", 1)[1].split()[0]
+    assert named == str(tmp_path / "luigid/luigi-server.log"), first_line
+    assert Path(named).stat().st_size > 0
     assert (tmp_path / "luigid/state.pickle").exists()

@@ -28,7 +28,7 @@ from tests.emulators.carto import CartoEmulator
 from tests.emulators.knack import KnackEmulator
 from tests.emulators.slack import SlackEmulator
 from tests.test_batch_submit import SCRIPT, batch_setup, sent  # noqa: F401  (fixtures)
-from tests.test_luigid import LUIGID, api, free_port
+from tests.test_luigid import LUIGID, api, free_port, wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 LUIGI = str(Path(LUIGID).with_name("luigi"))
@@ -116,13 +116,7 @@ def luigid_logged(tmp_path) -> Iterator[tuple[int, Path, subprocess.Popen]]:
     with log.open("wb") as out:
         process = subprocess.Popen([LUIGID, "--address", "127.0.0.1", "--port", str(port), "--state-path",
                                     str(tmp_path / "state.pickle"), "--logdir", str(tmp_path)], stdout=out, stderr=out)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            api(port, "ping")
-            break
-        except OSError:
-            time.sleep(0.2)
+    wait_until_ready(port, process)
     yield port, tmp_path, process
     if process.poll() is None:
         process.terminate()

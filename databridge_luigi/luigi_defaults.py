@@ -1,0 +1,98 @@
+"""What the package needs from luigi wherever the command runs, not only in the checkout.
+
+luigi reads its configuration from ``/etc/luigi/luigi.cfg``, then ``luigi.cfg`` in the *working directory*,
+then the file named by ``LUIGI_CONFIG_PATH`` (later files win). Without a ``[retcode]`` section luigi exits 0
+on every failure, so a cron line without ``cd``, a systemd unit with another WorkingDirectory or a
+pip-installed worker would report success on failure. ``apply_retcodes()`` (called when the package is
+imported, which ``luigi --module databridge_luigi`` does before it reads the exit codes) fills in every
+``[retcode]`` value that the configuration in effect does not set; values that are set are kept.
+
+``check_scheduler()``: a command-line run that is to use a central scheduler (no ``--local-scheduler``) asks
+it once, in a few seconds, before anything is scheduled; unreachable, it stops with exit ``scheduling_error``
+and a hint, instead of luigi's three 30-second RPC retries and a long traceback.
+"""
+from __future__ import annotations
+
+import sys
+import urllib.error
+import urllib.request
+
+import luigi
+import luigi.configuration
+
+# The same values as the repository's luigi.cfg (README "Exit codes").
+RETCODES = {
+    "already_running": 10,
+    "missing_data": 20,
+    "not_run": 25,
+    "task_failed": 30,
+    "scheduling_error": 35,
+    "unhandled_exception": 40,
+}
+PROBE_TIMEOUT = 3.0
+_checked = False
+
+
+def apply_retcodes() -> dict[str, int]:
+    """Set each ``[retcode]`` option the luigi configuration in effect lacks; return what was set."""
+    config = luigi.configuration.get_config()
+    applied: dict[str, int] = {}
+    try:
+        if not config.has_section("retcode"):
+            config.add_section("retcode")
+        for key, value in RETCODES.items():
+            if not (config.has_option("retcode", key) or config.has_option("retcode", key.replace("_", "-"))):
+                config.set("retcode", key, str(value))
+                applied[key] = value
+    except Exception:  # a parser without sections (TOML): luigi's own rules apply
+        return {}
+    return applied
+
+
+def scheduler_url() -> str | None:
+    """The central scheduler a command-line luigi run will use, or None (local scheduler, or not from the CLI)."""
+    from luigi.cmdline_parser import CmdlineParser
+
+    if CmdlineParser.get_instance() is None:  # luigi.build() in a program or a test: its own business
+        return None
+    core = luigi.interface.core()
+    if core.local_scheduler:
+        return None
+    if core.scheduler_url:
+        return str(core.scheduler_url).rstrip("/")
+    return f"http://{core.scheduler_host}:{core.scheduler_port}"
+
+
+def check_scheduler() -> None:
+    """Once per process: stop with a hint (exit ``scheduling_error``) when the central scheduler is not there."""
+    global _checked
+    if _checked:
+        return
+    _checked = True
+    url = scheduler_url()
+    if url is None:
+        return
+    error = probe(url)
+    if error is None:
+        return
+    code = int(luigi.configuration.get_config().get("retcode", "scheduling_error", fallback=str(RETCODES["scheduling_error"])))
+    from .connections import redact
+
+    print(f"databridge-luigi: no luigi scheduler at {redact(url)} ({error}).\n"
+          "  Start one with scripts/luigid.sh (or point --scheduler-host/--scheduler-port at yours), "
+          "or add --local-scheduler to run without one.", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def probe(url: str) -> str | None:
+    """None when something answers HTTP at ``url`` (any status), else the reason, e.g. 'connection refused'."""
+    try:
+        with urllib.request.urlopen(f"{url}/api/task_list?data=%7B%7D", timeout=PROBE_TIMEOUT):
+            return None
+    except urllib.error.HTTPError:
+        return None  # a server answered
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        return str(getattr(reason, "strerror", None) or reason).lower()
+    except OSError as exc:
+        return str(exc.strerror or exc).lower()

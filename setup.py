@@ -22,6 +22,7 @@ setup(
         "requests>=2.32,<3",
         "pyairtable>=3.0,<4",
         "isal>=1.7,<2",
+        "pyproj>=3.6,<4",
     ],
     extras_require={
         "test": [
@@ -34,6 +35,10 @@ setup(
             "pyrestcli==0.6.11",
             "six>=1.16",
             "setuptools<82",
+            # Independent ArcGIS REST clients used only to cross-check our AGO emulator (tests/test_ago_emulator.py).
+            "bmi-arcgis-restapi==2.4.19",
+            "esridump==1.13.0",
+            "arcgis2geojson==3.1.3",
         ],
         "bench": ["dlt[postgres,sql_database]>=1.0,<2", "pyinstrument>=5,<6", "py-spy>=0.4,<1"],
     },

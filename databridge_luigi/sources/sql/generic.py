@@ -1,0 +1,82 @@
+"""Databases without a dialect path of their own (SQLite, …): SQLAlchemy reflection; geometry from the
+dataset's ``geometry`` block or an OGC ``geometry_columns`` table; rows through the vectorised row path."""
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from .base import BATCH_ROWS, Adapter, SourceColumn
+
+
+class GenericAdapter(Adapter):
+    def open_cursor(self, raw: Any) -> Any:
+        cursor = super().open_cursor(raw)
+        connection = getattr(cursor, "connection", None)
+        if self.engine.dialect.name == "sqlite" and connection is not None:
+            # sqlite3 raises on TEXT that is not UTF-8, naming neither row nor dataset; hand such values over as
+            # bytes so the converters refuse them with dataset, row and column.
+            connection.text_factory = _sqlite_text
+        return cursor
+
+    def column_type(self, column: dict[str, Any]) -> tuple[str, str | None]:
+        """(schema type, time zone override) of a reflected column."""
+        return generic_type(column["type"]), None
+
+    def columns(self) -> list[SourceColumn]:
+        inspector = sa.inspect(self.engine)
+        reflected = inspector.get_columns(self.dataset.source_table, schema=self.dataset.source_schema)
+        geometry = self._geometry_column(inspector)
+        out = []
+        for col in reflected:
+            name = col["name"]
+            required = not col.get("nullable", True)
+            if geometry and name.lower() == geometry[0]:
+                out.append(SourceColumn(name, name.lower(), "geometry", required, geometry[1], self.geometry_expression(name)))
+            else:
+                kind, zone = self.column_type(col)
+                out.append(SourceColumn(name, name.lower(), kind, required, None, self.q(name), timezone=zone))
+        return out
+
+    def geometry_expression(self, name: str) -> str:
+        return self.q(name)
+
+    def _geometry_column(self, inspector: Any) -> tuple[str, int | None] | None:
+        if self.dataset.geometry_column:
+            return self.dataset.geometry_column, self.dataset.geometry_srid
+        if "geometry_columns" not in inspector.get_table_names(schema=self.dataset.source_schema):
+            return None
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.text("SELECT f_geometry_column, srid FROM geometry_columns WHERE lower(f_table_name) = :t"),
+                {"t": self.dataset.source_table.lower()},
+            ).first()
+        return (str(row[0]).lower(), self.dataset.geometry_srid or int(row[1])) if row else None
+
+
+def _sqlite_text(data: bytes) -> str | bytes:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
+
+
+def generic_type(column_type: Any) -> str:
+    if isinstance(column_type, sa.Boolean):
+        return "boolean"
+    if isinstance(column_type, sa.Integer):
+        return "integer"
+    if isinstance(column_type, (sa.Numeric, sa.Float)):
+        return "integer" if getattr(column_type, "scale", None) == 0 and not isinstance(column_type, sa.Float) else "number"
+    if isinstance(column_type, sa.DateTime):
+        return "datetime"
+    if isinstance(column_type, sa.Date):
+        return "date"
+    if isinstance(column_type, sa.Time):
+        return "time"
+    if isinstance(column_type, sa.JSON):
+        return "object"
+    return "string"
+
+
+__all__ = ["GenericAdapter", "generic_type", "BATCH_ROWS"]

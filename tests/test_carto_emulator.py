@@ -29,6 +29,7 @@ with warnings.catch_warnings():
     from carto.exceptions import CartoException, CartoRateLimitException
     from carto.sql import BatchSQLClient, CopySQLClient, SQLClient
 
+from tests.conftest import create_postgis_database, drop_database
 from tests.emulators.carto import TIMEOUT_MESSAGE, CartoEmulator
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -38,6 +39,9 @@ MASTER = "master-key-phl"
 REGULAR = "regular-key-phl"
 OTHER_USER = "gsg"
 OTHER_MASTER = "master-key-gsg"
+SOLO = "solo"  # a non-organization account: its tables live in public
+SOLO_MASTER = "master-key-solo"
+CARTO_TRIGGERS = ("track_updates", "update_the_geom_webmercator_trigger", "test_quota", "test_quota_per_row")
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
@@ -45,6 +49,17 @@ ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 def emu(postgis_dsn: str) -> Iterator[CartoEmulator]:
     with CartoEmulator(postgis_dsn, {USER: MASTER, OTHER_USER: OTHER_MASTER}, regular_keys={USER: REGULAR}) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def solo_emu() -> Iterator[CartoEmulator]:
+    """A non-organization account on a database of its own, as on the genuine platform."""
+    dsn = create_postgis_database("dbl_carto_solo")
+    try:
+        with CartoEmulator(dsn, {SOLO: SOLO_MASTER}, non_organization=[SOLO]) as server:
+            yield server
+    finally:
+        drop_database(dsn)
 
 
 @pytest.fixture(autouse=True)
@@ -299,6 +314,102 @@ def test_accounts_are_isolated_schemas(emu: CartoEmulator, sql_client: SQLClient
     assert other.status_code == 403 and other.json()["error"] == [f"permission denied for schema {USER}"]
 
 
+def test_a_non_organization_account_keeps_its_tables_in_public(emu: CartoEmulator, solo_emu: CartoEmulator, table: str) -> None:
+    solo = SQLClient(APIKeyAuthClient(solo_emu.base_url(SOLO), SOLO_MASTER))
+    assert solo_emu.schema(SOLO) == "public" and emu.schema(USER) == USER
+    assert solo.send("SELECT current_schema() AS s")["rows"] == [{"s": "public"}]
+    # the issue's failure on the genuine server: the user name is not a schema of a non-organization account
+    with pytest.raises(CartoException, match=f'schema "{SOLO}" does not exist'):
+        solo.send(f"CREATE TABLE {SOLO}.{table} (id int)")
+    solo.send(f"CREATE TABLE {table} (id int, shape geometry(Point, 4326)); INSERT INTO {table} VALUES (1, NULL)")
+    assert solo.send(f"SELECT cdb_cartodbfytable('public', '{table}')::text AS t")["rows"] == [{"t": table}]
+    assert solo.send(f"SELECT to_regclass('public.{table}') IS NOT NULL AS found")["rows"] == [{"found": True}]
+    copied = CopySQLClient(APIKeyAuthClient(solo_emu.base_url(SOLO), SOLO_MASTER)).copyfrom(
+        f"COPY {table} (id) FROM STDIN WITH (FORMAT csv, HEADER true)", [b"id\n", b"9\n"])  # quota: public._CDB_UserQuotaInBytes()
+    assert copied["total_rows"] == 1
+    with pytest.raises(ValueError, match="cannot share one database"):
+        CartoEmulator("postgresql:///unused", {"a": "k1", "b": "k2"}, non_organization=["a", "b"])
+
+
+def test_basic_auth_works_on_sql_copy_and_batch(emu: CartoEmulator, table: str) -> None:
+    """The genuine server's authorization middleware reads HTTP Basic auth first on every endpoint."""
+    auth = (USER, MASTER)
+    created = requests.post(sql_url(emu), data={"q": f"CREATE TABLE {table} (id int)"}, auth=auth, timeout=10)
+    assert created.status_code == 200
+    copied = requests.post(sql_url(emu, rest="/copyfrom"), params={"q": f"COPY {table} FROM STDIN WITH (FORMAT csv)"},
+                           data=b"1\n2\n", auth=auth, timeout=10)
+    assert (copied.status_code, copied.json()["total_rows"]) == (200, 2)
+    copied_to = requests.get(sql_url(emu, rest="/copyto"), params={"q": f"COPY {table} TO STDOUT"}, auth=auth, timeout=10)
+    assert copied_to.content == b"1\n2\n"
+    job = requests.post(sql_url(emu, rest="/job"), json={"query": f"INSERT INTO {table} VALUES (3)"}, auth=auth, timeout=10)
+    assert job.status_code == 201
+    done = requests.get(sql_url(emu, rest=f"/job/{job.json()['job_id']}"), auth=auth, timeout=10)
+    assert done.status_code == 200
+    assert wait_for_job(emu, job.json()["job_id"], ("done", "failed"))["status"] == "done"
+    # a wrong key in the header is a 401; another user's name in it is "permission denied"
+    wrong = requests.post(sql_url(emu), data={"q": "SELECT 1"}, auth=(USER, "nope"), timeout=10)
+    assert (wrong.status_code, wrong.json()) == (401, {"error": ["Unauthorized"]})
+    for endpoint in ("/copyfrom", "/job"):
+        other = requests.post(sql_url(emu, rest=endpoint), params={"q": "COPY x FROM STDIN"}, json={"query": "SELECT 1"},
+                              auth=(OTHER_USER, OTHER_MASTER), timeout=10)
+        assert (other.status_code, other.json()) == (403, {"error": ["permission denied"]})
+
+
+def test_statement_timeout_is_the_roles_setting(emu: CartoEmulator, postgis_dsn: str, table: str) -> None:
+    """CARTO keeps the SQL API's statement timeout on the database role; COPY (5 h) and Batch (12 h) set their own."""
+    database = psycopg.conninfo.conninfo_to_dict(postgis_dsn)["dbname"]
+    admin(postgis_dsn, f'ALTER ROLE carto_{USER} IN DATABASE "{database}" SET statement_timeout = 200')
+    try:
+        assert post_sql(emu, "SHOW statement_timeout").json()["rows"] == [{"statement_timeout": "200ms"}]
+        assert post_sql(emu, "SELECT pg_sleep(1)").status_code == 429
+        assert post_sql(emu, "SHOW statement_timeout", key=None).json()["rows"] == [{"statement_timeout": "0"}]
+        job = requests.post(sql_url(emu, rest="/job"), json={"query": "SELECT pg_sleep(0.5)"}, auth=(USER, MASTER), timeout=10)
+        assert wait_for_job(emu, job.json()["job_id"], ("done", "failed"))["status"] == "done"
+    finally:
+        admin(postgis_dsn, f'ALTER ROLE carto_{USER} IN DATABASE "{database}" RESET statement_timeout')
+    assert post_sql(emu, "SELECT pg_sleep(0.3)").status_code == 200
+
+
+def test_transactions_with_lock_timeout_do_blocks_and_raise(emu: CartoEmulator, sql_client: SQLClient, table: str,
+                                                           postgis_dsn: str) -> None:
+    """What replace-in-place and merge loads send: one multi-statement transaction per request."""
+    sql_client.send(f"CREATE TABLE {table} (id int PRIMARY KEY, v text); INSERT INTO {table} VALUES (1, 'old')")
+    ok = post_sql(emu, f"BEGIN; SET LOCAL lock_timeout = '2s'; DELETE FROM {table}; "
+                       f"INSERT INTO {table} SELECT 2, 'new'; "
+                       f"DO $$ BEGIN IF (SELECT count(*) FROM {table}) <> 1 THEN RAISE EXCEPTION 'bad count'; END IF; END $$; "
+                       "COMMIT;")
+    assert ok.status_code == 200 and ok.json()["total_rows"] == 1  # the last tag with a count: INSERT 0 1
+    # RAISE EXCEPTION in a DO block: a 400 with the message (and its hint), and nothing of the transaction persists
+    raised = post_sql(emu, f"BEGIN; DELETE FROM {table}; "
+                           "DO $$ BEGIN RAISE EXCEPTION 'lease lost: run %', 'r1' USING HINT = 'retry later'; END $$; COMMIT;")
+    assert raised.status_code == 400
+    assert raised.json() == {"error": ["lease lost: run r1"], "hint": "retry later"}
+    assert sql_client.send(f"SELECT v FROM {table}")["rows"] == [{"v": "new"}]
+    # a lock held elsewhere: SET LOCAL lock_timeout ends the wait with a 400 (a lock timeout is not a 429)
+    with psycopg.connect(postgis_dsn) as holder:
+        holder.execute(f"LOCK TABLE {USER}.{table} IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        blocked = post_sql(emu, f"BEGIN; SET LOCAL lock_timeout = '300ms'; DELETE FROM {table}; COMMIT;")
+        assert time.monotonic() - started < 5
+        holder.rollback()
+    assert blocked.status_code == 400
+    assert blocked.json()["error"] == ["canceling statement due to lock timeout"]
+    assert sql_client.send(f"SELECT v FROM {table}")["rows"] == [{"v": "new"}]
+
+
+def test_batch_job_runs_a_multi_statement_transaction(emu: CartoEmulator, sql_client: SQLClient, table: str) -> None:
+    sql_client.send(f"CREATE TABLE {table} (id int); INSERT INTO {table} VALUES (1)")
+    auth = (USER, MASTER)
+    good = requests.post(sql_url(emu, rest="/job"), auth=auth, timeout=10, json={
+        "query": f"BEGIN; SET LOCAL lock_timeout = '2s'; DELETE FROM {table}; INSERT INTO {table} VALUES (2), (3); COMMIT;"})
+    assert wait_for_job(emu, good.json()["job_id"], ("done", "failed"))["status"] == "done"
+    bad = requests.post(sql_url(emu, rest="/job"), auth=auth, timeout=10, json={
+        "query": f"BEGIN; DELETE FROM {table}; DO $$ BEGIN RAISE EXCEPTION 'fenced out'; END $$; COMMIT;"})
+    failed = wait_for_job(emu, bad.json()["job_id"], ("done", "failed"))
+    assert (failed["status"], failed["failed_reason"]) == ("failed", "fenced out")
+    assert sql_client.send(f"SELECT id FROM {table} ORDER BY id")["rows"] == [{"id": 2}, {"id": 3}]
+
+
 # --- COPY API -------------------------------------------------------------------------------------------
 
 
@@ -455,7 +566,9 @@ def test_cartodbfy_rewrites_a_2272_table(sql_client: SQLClient, table: str) -> N
     result = sql_client.send(f"SELECT cdb_cartodbfytable('{USER}', '{table}')")
 
     assert result["rows"] == [{"cdb_cartodbfytable": table}]
-    assert result["notices"] == ["Column cartodb_id already exists"]
+    # cartodbfy first drops the CARTO triggers with DROP TRIGGER IF EXISTS: a fresh table says so in notices
+    assert result["notices"] == [f'trigger "{name}" for relation "{table}" does not exist, skipping' for name in CARTO_TRIGGERS] + [
+        "Column cartodb_id already exists"]
     assert columns(sql_client, table) == [
         ("cartodb_id", "integer"),
         ("the_geom", "geometry(Geometry,4326)"),
@@ -480,6 +593,47 @@ def test_cartodbfy_rewrites_a_2272_table(sql_client: SQLClient, table: str) -> N
     assert new["rows"] == [{"cartodb_id": 21, "merc": 3857}]
 
 
+def triggers(sql_client: SQLClient, table: str, schema: str = USER) -> dict[str, str]:
+    rows = sql_client.send(f"SELECT tgname, pg_get_triggerdef(oid) AS def FROM pg_trigger"
+                           f" WHERE tgrelid = '{schema}.{table}'::regclass AND NOT tgisinternal")["rows"]
+    return {row["tgname"]: row["def"] for row in rows}
+
+
+def test_cartodbfy_adds_the_four_carto_triggers(sql_client: SQLClient, table: str, postgis_dsn: str) -> None:
+    sql_client.send(f"CREATE TABLE {table} (name text, shape geometry(Point, 2272)); INSERT INTO {table} VALUES ('a', NULL)")
+    sql_client.send(f"SELECT cdb_cartodbfytable('{USER}', '{USER}.{table}')")
+
+    defs = triggers(sql_client, table)
+    assert set(defs) == set(CARTO_TRIGGERS)
+    assert "AFTER INSERT OR DELETE OR UPDATE OR TRUNCATE" in defs["track_updates"] and "FOR EACH STATEMENT" in defs["track_updates"]
+    assert "BEFORE INSERT OR UPDATE OF the_geom" in defs["update_the_geom_webmercator_trigger"]
+    assert "FOR EACH STATEMENT" in defs["test_quota"] and f"cdb_checkquota('0.1', '-1', '{USER}')" in defs["test_quota"].lower()
+    assert "FOR EACH ROW" in defs["test_quota_per_row"] and "('0.001', '-1'" in defs["test_quota_per_row"]
+    # cartodb_id is bigint (nextval of the table's own sequence), as the genuine server's rewrite makes it
+    assert columns(sql_client, table)[0] == ("cartodb_id", "bigint")
+    # track_updates records the write; the webmercator trigger keeps the_geom_webmercator in step
+    sql_client.send(f"UPDATE {table} SET the_geom = ST_SetSRID(ST_MakePoint(-75, 40), 4326)")
+    row = sql_client.send(f"SELECT ST_SRID(the_geom_webmercator) AS srid FROM {table}")["rows"]
+    assert row == [{"srid": 3857}]
+    assert admin(postgis_dsn, f"SELECT count(*) FROM cartodb.cdb_tablemetadata WHERE tabname = '{USER}.{table}'::regclass") == [(1,)]
+    # DELETE + INSERT … SELECT in one transaction (replace in place) goes through the triggers
+    sql_client.send(f"BEGIN; DELETE FROM {table}; INSERT INTO {table} (name) SELECT 'b' FROM generate_series(1, 3); COMMIT;")
+    assert sql_client.send(f"SELECT name, cartodb_id FROM {table} ORDER BY cartodb_id")["rows"] == [
+        {"name": "b", "cartodb_id": 2}, {"name": "b", "cartodb_id": 3}, {"name": "b", "cartodb_id": 4}]
+
+
+def test_quota_trigger_refuses_writes_over_the_quota(sql_client: SQLClient, table: str, postgis_dsn: str) -> None:
+    sql_client.send(f"CREATE TABLE {table} (v int); SELECT cdb_cartodbfytable('{USER}', '{USER}.{table}')")
+    admin(postgis_dsn, f"SELECT cartodb.CDB_SetUserQuotaInBytes('{USER}', 1)")
+    try:
+        # test_quota checks with probability 0.1 per statement: enough statements make a check certain
+        with pytest.raises(CartoException, match="Quota exceeded by"):
+            for _ in range(200):
+                sql_client.send(f"INSERT INTO {table} (v) VALUES (1)")
+    finally:
+        admin(postgis_dsn, f"SELECT cartodb.CDB_SetUserQuotaInBytes('{USER}', {100 * 1024**3})")
+
+
 def test_cartodbfy_is_idempotent_on_a_cartodbfied_table(sql_client: SQLClient, table: str) -> None:
     sql_client.send(f"CREATE TABLE {table} (v int); INSERT INTO {table} VALUES (1)")
     sql_client.send(f"SELECT cdb_cartodbfytable('{USER}', '{table}')")
@@ -497,7 +651,7 @@ def test_cartodbfy_without_geometry_adds_null_columns(sql_client: SQLClient, tab
     sql_client.send(f"CREATE TABLE {table} (a text, b int); INSERT INTO {table} VALUES ('x', 1)")
     sql_client.send(f"SELECT cdb_cartodbfytable('{USER}', '{table}')")
     assert columns(sql_client, table) == [
-        ("cartodb_id", "integer"), ("the_geom", "geometry(Geometry,4326)"),
+        ("cartodb_id", "bigint"), ("the_geom", "geometry(Geometry,4326)"),
         ("the_geom_webmercator", "geometry(Geometry,3857)"), ("a", "text"), ("b", "integer"),
     ]
     assert sql_client.send(f"SELECT * FROM {table}")["rows"] == [

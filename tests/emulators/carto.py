@@ -6,10 +6,16 @@ Tests point the library (or the independent ``carto`` SDK) at ``emu.base_url(use
 routing by path or Host, API-key roles, the JSON result shape and value serialization, error bodies and
 status codes, COPY FROM/TO streaming, Batch jobs, rate limiting, plus faults injected on demand.
 
-SQL really runs on PostgreSQL: every account has a schema named after the user, owned by a role
-``carto_<user>``; keyed requests run as that role, unkeyed ones as ``publicuser`` (``SET ROLE`` on a
-superuser connection), with ``search_path = "<user>", public``. ``carto_functions.sql`` (beside this
-file) provides ``CDB_CartodbfyTable`` and the quota functions.
+SQL really runs on PostgreSQL, and the emulator's database is laid out like a genuine CARTO user database:
+each account has a role ``carto_<user>``; keyed requests run as that role, unkeyed ones as ``publicuser``
+(``SET ROLE`` on a superuser connection, then the role's own settings from ``ALTER ROLE … SET`` are applied,
+as a login as that role would: its ``search_path`` and its ``statement_timeout``, which is where CARTO keeps
+the SQL API's statement timeout). A **non-organization** account (``non_organization=[user]``; give it a
+database of its own, as CARTO does, since it owns that database's ``public``) keeps its tables in ``public`` with
+``search_path = public, cartodb``; an **organization member** (the default, so several accounts can share
+one database) has a schema named after the user and ``search_path = "<user>", cartodb, public``.
+``carto_functions.sql`` (beside this file) provides, in schema ``cartodb``, ``CDB_CartodbfyTable`` (bigint
+``cartodb_id``, the four CARTO triggers) and the quota functions.
 
 Run it as a process with ``python -m tests.emulators.carto --dsn DSN --account user:key --port N``; a
 test in another process then drives it through ``/__emulator__/`` (state, faults, rate_limits, requests,
@@ -171,12 +177,24 @@ class Account:
     user: str
     master_key: str
     regular_keys: set[str] = field(default_factory=set)
-    statement_timeout_ms: int | None = None
+    statement_timeout_ms: int | None = None  # overrides the role's statement_timeout while set (test control)
     quota_bytes: int = DEFAULT_QUOTA_BYTES
+    organization_member: bool = True
 
     @property
     def role(self) -> str:
         return f"carto_{self.user}"
+
+    @property
+    def schema(self) -> str:
+        """Where the account's tables live: its own schema in an organization, else ``public``."""
+        return self.user if self.organization_member else "public"
+
+    @property
+    def search_path(self) -> str:
+        if self.organization_member:
+            return f'"{self.user}", cartodb, public'
+        return "public, cartodb"
 
     @property
     def user_id(self) -> str:
@@ -832,14 +850,22 @@ class CartoEmulator:
         regular_keys: Mapping[str, str] | None = None,
         statement_timeout_ms: int | None = None,
         quota_bytes: int = DEFAULT_QUOTA_BYTES,
+        non_organization: Iterable[str] = (),
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
         self._dsn = dsn
         self._host = host
         self._port = port
+        individual = set(non_organization)
+        if len(individual) > 1:
+            raise ValueError(f"non-organization accounts {sorted(individual)} cannot share one database: each owns its public schema")
+        if individual - set(accounts):
+            raise ValueError(f"non_organization names unknown account(s) {sorted(individual - set(accounts))}")
+        # The role's statement_timeout (ALTER ROLE … SET at install) is CARTO's per-user SQL API timeout.
+        self._role_timeout_ms = statement_timeout_ms
         self._accounts: dict[str, Account] = {
-            user: Account(user, key, statement_timeout_ms=statement_timeout_ms, quota_bytes=quota_bytes)
+            user: Account(user, key, quota_bytes=quota_bytes, organization_member=user not in individual)
             for user, key in accounts.items()
         }
         for user, key in (regular_keys or {}).items():
@@ -910,6 +936,10 @@ class CartoEmulator:
     @property
     def url(self) -> str:
         return f"http://{self._host}:{self._port}"
+
+    def schema(self, user: str) -> str:
+        """The schema ``user``'s tables live in (``public`` for a non-organization account)."""
+        return self._accounts[user].schema
 
     def base_url(self, user: str) -> str:
         """Path-form base URL, as carto-python and on-prem installs use it."""
@@ -995,35 +1025,56 @@ class CartoEmulator:
             conn.execute("SELECT pg_advisory_unlock(hashtext('carto_emulator_install'))")
         self._types = TypeRegistry({int(oid): str(name) for oid, name in spatial})
 
-    @staticmethod
-    def _install_account(conn: psycopg.Connection[Any], account: Account, database: str) -> None:
-        role, schema = sql.Identifier(account.role), sql.Identifier(account.user)
+    def _install_account(self, conn: psycopg.Connection[Any], account: Account, database: str) -> None:
+        role, schema = sql.Identifier(account.role), sql.Identifier(account.schema)
         _ensure_role(conn, account.role, login=True)
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(schema, role))
-        conn.execute(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(schema, role))
+        if account.organization_member:
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(schema, role))
+            conn.execute(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(schema, role))
+        else:  # the account's database is its own: it may create in public (PostgreSQL 15 no longer lets PUBLIC)
+            conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA public TO {}").format(role))
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}, {}").format(
             schema, sql.Identifier(PUBLIC_ROLE), sql.Identifier(TILE_ROLE)))
-        conn.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} SET search_path = {}, public").format(
-            role, sql.Identifier(database), schema))
-        conn.execute("SELECT public.CDB_SetUserQuotaInBytes(%s, %s)", [account.user, account.quota_bytes])
+        conn.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} SET search_path = {}").format(
+            role, sql.Identifier(database), sql.SQL(account.search_path)))
+        if self._role_timeout_ms is not None:
+            conn.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} SET statement_timeout = {}").format(
+                role, sql.Identifier(database), sql.Literal(self._role_timeout_ms)))
+        else:  # an earlier emulator on this database may have set one
+            conn.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} RESET statement_timeout").format(role, sql.Identifier(database)))
+        conn.execute("SELECT cartodb.CDB_SetUserQuotaInBytes(%s, %s)", [account.schema, account.quota_bytes])
 
     @contextmanager
-    def _session(self, role: str, account: Account, timeout: int | str) -> Iterator[psycopg.Connection[Any]]:
+    def _session(self, role: str, account: Account, timeout: int | str | None) -> Iterator[psycopg.Connection[Any]]:
         conn = self._open_session(role, account, timeout)
         try:
             yield conn
         finally:
             conn.close()
 
-    def _open_session(self, role: str, account: Account, timeout: int | str) -> psycopg.Connection[Any]:
-        """An autocommit connection acting as ``role`` with the user's search_path, in UTC."""
+    def _open_session(self, role: str, account: Account, timeout: int | str | None) -> psycopg.Connection[Any]:
+        """An autocommit connection acting as ``role`` as a login as that role would: the account's database
+        search_path, then the role's own settings (``ALTER ROLE … SET``: search_path, statement_timeout, …).
+        ``timeout`` overrides statement_timeout as the genuine server does for COPY (5 h) and Batch (12 h);
+        None keeps the role's (the SQL API). Sessions run in UTC."""
         conn = psycopg.connect(self._dsn, autocommit=True)
         try:
             conn.execute(sql.SQL(
-                "SET ROLE {}; SET search_path = {}, public; SET statement_timeout = {}; "
+                "SET ROLE {}; SET search_path = {}; RESET statement_timeout; RESET lock_timeout; "
                 "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; "
                 "SET client_encoding = 'UTF8'"
-            ).format(sql.Identifier(role), sql.Identifier(account.user), sql.Literal(timeout)))
+            ).format(sql.Identifier(role), sql.SQL(account.search_path)))
+            settings = conn.execute(
+                "SELECT unnest(s.setconfig) FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
+                "WHERE r.rolname = %s AND s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database())) "
+                "ORDER BY s.setdatabase", [role]).fetchall()
+            for (setting,) in settings:
+                name, _, value = str(setting).partition("=")
+                conn.execute("SELECT set_config(%s, %s, false)", [name, value])
+            if timeout is None and account.statement_timeout_ms is not None:
+                timeout = account.statement_timeout_ms
+            if timeout is not None:
+                conn.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(timeout)))
         except BaseException:
             conn.close()
             raise
@@ -1254,7 +1305,7 @@ class CartoEmulator:
         midstream = call.fault if call.fault and call.fault.kind == "midstream_error" else None
         started = time.monotonic()
         outcome = Outcome()
-        with self._session(role, account, account.statement_timeout_ms or 0) as conn:
+        with self._session(role, account, None) as conn:  # the role's statement_timeout, as on CARTO
             conn.add_notice_handler(
                 lambda diag: outcome.notices.append((diag.severity or "NOTICE", diag.message_primary or "")))
             if midstream is not None:
@@ -1548,8 +1599,8 @@ class CartoEmulator:
                 conn.close()
                 return None
             job.connection = conn
-        try:
-            outcome = run_sql(conn, q, self._require_types(), Outcome())
+        try:  # the genuine Batch runner marks each query with its job id (so a user can find and cancel it)
+            outcome = run_sql(conn, f"/* {job.job_id} */ {q}", self._require_types(), Outcome())
         finally:
             with self._lock:
                 job.connection = None
@@ -1719,6 +1770,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--statement-timeout-ms", type=int, default=None)
     parser.add_argument("--quota-bytes", type=int, default=DEFAULT_QUOTA_BYTES)
+    parser.add_argument("--non-organization", action="append", default=[], metavar="USER",
+                        help="a non-organization account: its tables live in public (at most one)")
     args = parser.parse_args(argv)
 
     emulator = CartoEmulator(
@@ -1727,6 +1780,7 @@ def main(argv: list[str] | None = None) -> int:
         regular_keys=_pairs(args.regular_key, "--regular-key"),
         statement_timeout_ms=args.statement_timeout_ms,
         quota_bytes=args.quota_bytes,
+        non_organization=args.non_organization,
         host=args.host,
         port=args.port,
     ).start()

@@ -1,6 +1,7 @@
 """End to end through real luigi: PostgreSQL source → local staging → PostGIS destination."""
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime, timezone
 
@@ -55,9 +56,12 @@ def test_force_republishes_even_unchanged_data(pipeline, monkeypatch):
     oid = pipeline.table_oid("violations")
 
     at(monkeypatch, "2026-11-24T12:30:15")
+    xmin = pipeline.dest("SELECT max(xmin::text::bigint) FROM violations")[0][0]
     forced = pipeline.run(Publish(dataset_id="lni__violations", force=True))
     assert forced.ok, forced.summary
-    assert pipeline.table_oid("violations") != oid
+    # Rewritten in place (the default mode): new row versions, same table.
+    assert pipeline.table_oid("violations") == oid
+    assert pipeline.dest("SELECT min(xmin::text::bigint) FROM violations")[0][0] > xmin
     assert pipeline.markers("lni__violations")[-1] == ("20261124T123015Z", 120, True)
 
 
@@ -228,7 +232,8 @@ def test_staging_on_s3(tmp_path, monkeypatch, postgis_dsn, aws):
         at(monkeypatch, "2026-11-24T12:00:00")
         assert pipeline.run(PublishAll()).ok
         keys = sorted(o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="citygeo-databridge-test")["Contents"])
-        assert keys == [f"staging/lni__violations/20261124T110400Z/{name}" for name in ("data.csv.gz", "manifest.json", "schema.json")]
+        run = json.loads(boto3.client("s3").get_object(Bucket="citygeo-databridge-test", Key="staging/lni__violations/20261124T110400Z/manifest.json")["Body"].read())["run_id"]
+        assert keys == [f"staging/lni__violations/20261124T110400Z/{name}" for name in (f"data-{run}.csv.gz", "manifest.json", f"schema-{run}.json")]
         assert pipeline.dest("SELECT count(*) FROM violations")[0][0] == 150
         assert pipeline.run(PublishAll()).did_nothing
     finally:

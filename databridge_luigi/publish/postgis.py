@@ -40,6 +40,9 @@ def split_schema(url: str) -> tuple[str, str]:
 
 
 class PostgisTransport:
+    managed_columns: tuple[str, ...] = ()  # every column of the shadow is the load's to write
+    own_triggers: tuple[str, ...] = ()
+
     def __init__(self, name: str, url: str, connect_timeout: int = 30):
         self.name = name
         self._url, self.default_schema = split_schema(url)

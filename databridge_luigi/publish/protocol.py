@@ -1,30 +1,34 @@
 """The load protocol (DESIGN §3), written once for every transport.
 
-shadow table → COPY from staging → verify (count, empty, drift) → transport's finishing (CARTO:
-cartodbfy + VACUUM) → indexes on the shadow → ONE transaction: swap shadow into place, rename its indexes,
-re-create dependent views, grants, marker. Anything that fails before the swap drops the shadow and leaves
-the live table exactly as it was; a crashed run's shadow is dropped by the next run.
+lease (one loader per table) → run-unique shadow → COPY from staging → verify (count, empty, row drift,
+schema drift) → transport's finishing (CARTO: cartodbfy + VACUUM) → ONE transaction, fenced by the lease and
+run under the lock policy, that writes the live table by the dataset's mode (replace.py, merge.py, swap.py)
+together with the marker row. Anything that fails before that commit drops this run's shadow and leaves the
+live table exactly as it was.
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..config import Dataset
 from ..schema import TableSchema
 from ..staging import StagedTable
-from . import sql
+from . import merge, replace, sql, swap
+from .lease import Lease, new_run_id
+from .locks import LockPolicy, commit_with_retry
+from .plan import CommitPlan
 
 log = logging.getLogger(__name__)
 
 # Below this many live rows a table is "small" and drift is judged leniently (±200%, as the City's later checks did).
 SMALL_TABLE_ROWS = 50
 SMALL_TABLE_TOLERANCE = 2.0
+MODES = ("replace", "merge", "swap")
 
 
 _COPY_CONTEXT = re.compile(r"COPY [^,\n]+, line (?P<line>\d+)(?:, column (?P<column>[^:\n]+))?")
@@ -40,7 +44,7 @@ def _staged_row(message: str) -> str:
 
 
 class LoadError(RuntimeError):
-    """A load that stopped before the swap; the live table is unchanged."""
+    """A load that stopped before the commit; the live table is unchanged."""
 
 
 class Transport(Protocol):
@@ -60,6 +64,16 @@ class Transport(Protocol):
 
 
 @dataclass(frozen=True)
+class LoadSettings:
+    """Per-run knobs (luigi.cfg ``[databridge]``; see tasks.py)."""
+
+    default_mode: str = "replace"  # for datasets without load_mode (merge when a primary_key is named)
+    lease_seconds: float = 120.0
+    lease_wait: float = 300.0  # how long a second loader of a table waits for the first
+    locks: LockPolicy = field(default_factory=LockPolicy)
+
+
+@dataclass(frozen=True)
 class LoadResult:
     dataset_id: str
     version: str
@@ -67,22 +81,42 @@ class LoadResult:
     rows: int
     rewritten: bool
     seconds: float
+    mode: str = ""
+    counts: dict[str, int | None] = field(default_factory=dict)  # inserted, updated, deleted, unchanged
+
+    def summary(self) -> str:
+        shown = ", ".join(f"{v} {k}" for k, v in self.counts.items() if v is not None)
+        return f"{self.mode}: {shown}" if shown else self.mode
 
 
 Status = Callable[[str], None]
 
 
 class Loader:
-    """Publishes one staged version of one dataset through a transport."""
+    """Publishes one staged version of one dataset through a transport.
 
-    def __init__(self, dataset: Dataset, transport: Transport, status: Status = lambda message: None):
+    ``keeper`` is a second connection to the same destination for the lease (taking, renewing on a thread
+    while the main connection is busy in a long COPY, releasing); without one the main transport takes and
+    releases the lease and it is not renewed (fine for loads shorter than the lease)."""
+
+    def __init__(self, dataset: Dataset, transport: Transport, status: Status = lambda message: None,
+                 keeper: Transport | None = None, settings: LoadSettings | None = None):
         self.dataset, self.transport, self.status = dataset, transport, status
+        self.keeper = keeper
+        self.settings = settings or LoadSettings()
         self.schema = dataset.dest_schema or transport.default_schema
         self.table = dataset.dest_table
-        self.shadow = sql.shadow_name(self.table)
+        self.run_id = new_run_id()
+        self.shadow = sql.shadow_name(self.table, self.run_id)
 
     def where(self) -> str:
         return f"{self.transport.name}:{self.schema}.{self.table}"
+
+    @property
+    def mode(self) -> str:
+        if self.dataset.load_mode:
+            return self.dataset.load_mode
+        return "merge" if self.dataset.primary_key else self.settings.default_mode
 
     # --- completion -------------------------------------------------------------------------------------
 
@@ -95,51 +129,99 @@ class Loader:
 
     def load(self, staged: StagedTable, force: bool = False, accept_schema_change: bool = False) -> LoadResult:
         started = time.monotonic()
-        manifest, table_schema = staged.manifest(), staged.schema()
+        manifest = staged.manifest()
         self.transport.query(sql.create_marker_table(self.schema))
-        if not force and self._unchanged(manifest.sha256):
-            self._record(manifest.version, manifest.sha256, manifest.rows, rewritten=False)
-            log.info("%s: data unchanged since the last publish (sha256 %s…); recorded version %s without rewriting %s",
-                     self.dataset.id, manifest.sha256[:12], manifest.version, self.where())
-            return LoadResult(self.dataset.id, manifest.version, self.where(), manifest.rows, False, time.monotonic() - started)
+        lease = Lease(self.keeper or self.transport, self.schema, self.table, self.dataset.id, self.run_id, self.shadow,
+                      self.settings.lease_seconds)
+        self.status(f"{self.dataset.id}: taking the lease on {self.where()}")
+        dead_shadow = lease.acquire(self.settings.lease_wait, waiting=lambda holder: self.status(
+            f"{self.dataset.id}: waiting for another load of {self.where()} ({holder})"))
+        try:
+            if self.keeper is not None:
+                lease.keep_renewed()
+            self._drop_dead_shadows(dead_shadow)
+            if not force and self.is_published(manifest.version):  # another run published it while we waited
+                log.info("%s: version %s is already published to %s by another run; nothing to do", self.dataset.id, manifest.version, self.where())
+                return LoadResult(self.dataset.id, manifest.version, self.where(), manifest.rows, False, time.monotonic() - started, "none")
+            if not force and self._unchanged(manifest.sha256):
+                self._record(manifest.version, manifest.sha256, manifest.rows)
+                log.info("%s: data unchanged since the last publish (sha256 %s…); recorded version %s without rewriting %s",
+                         self.dataset.id, manifest.sha256[:12], manifest.version, self.where())
+                return LoadResult(self.dataset.id, manifest.version, self.where(), manifest.rows, False, time.monotonic() - started, "unchanged")
+            return self._publish(staged, lease, started, accept_schema_change or self.dataset.accept_schema_change)
+        finally:
+            lease.release()
+
+    def _publish(self, staged: StagedTable, lease: Lease, started: float, accept_schema_change: bool) -> LoadResult:
+        manifest, table_schema = staged.manifest(), staged.schema()
+        live_exists = self._exists(self.table)
+        mode = self.mode if live_exists else "swap"  # a first publish needs a new table
         self._check_grant_roles()
-        self._drop_shadow()  # a crashed run's leftover
+        self._check_key(table_schema, mode)
+        views: list[dict[str, Any]] = []
+        if live_exists and (mode == "swap" or accept_schema_change):
+            views = self._swap_preflight(required=mode == "swap")
+        self._set_timeout()
         try:
             self._build_shadow(staged, table_schema, manifest.rows)
-            self._check_schema_change(accept_schema_change or self.dataset.accept_schema_change)
-            # Indexes are built on the shadow, so the table, its indexes and the marker appear in one commit:
-            # a worker killed (or an index failing) before then leaves the old table and no marker.
-            index_renames = self._indexes(table_schema)
-            self.status(f"swapping {self.where()}")
-            self._swap(manifest.version, manifest.sha256, manifest.rows, index_renames)
+            if self._check_schema_change(accept_schema_change) and mode != "swap":
+                log.warning("%s: the columns change, so %s gets a new table (swap) instead of %s", self.dataset.id, self.where(), mode)
+                mode = "swap"
+                views = self._swap_preflight(required=True)
+            plan = self._plan(manifest, started)
+            if mode == "swap":
+                statements = self._swap_statements(plan, table_schema, live_exists, views)
+            elif mode == "merge":
+                self._check_unique_key(plan)
+                statements = merge.statements(plan)
+            else:
+                statements = replace.statements(plan)
+            self.status(f"{self.dataset.id}: committing ({mode}) into {self.where()}")
+            commit_with_retry(self.transport, [lease.fence(), *statements], self.settings.locks, [(self.schema, self.table)],
+                              f"{self.dataset.id}: {mode} of {self.where()}", self.status)
         except BaseException as exc:
             self._drop_shadow_quietly()
+            self._reset_timeout_quietly()
             if isinstance(exc, Exception) and not isinstance(exc, LoadError):
                 # A transport error: say which dataset and where; the cause stays chained for rotation checks.
-                raise LoadError(f"{self.dataset.id}: load into {self.where()} failed, live table unchanged: {exc}") from exc
+                raise LoadError(f"{self.dataset.id}: load into {self.where()} failed, live table unchanged: {self._explain(exc)}") from exc
             raise
-        self.transport.post_swap(self.schema, self.table, table_schema, self.dataset)
+        self._after_commit(mode, table_schema)
+        counts = self._counts(manifest.version)
         elapsed = time.monotonic() - started
-        log.info("%s: published %d rows to %s as version %s in %.1fs", self.dataset.id, manifest.rows, self.where(), manifest.version, elapsed)
-        return LoadResult(self.dataset.id, manifest.version, self.where(), manifest.rows, True, elapsed)
+        result = LoadResult(self.dataset.id, manifest.version, self.where(), manifest.rows, True, elapsed, mode, counts)
+        log.info("%s: published %d rows to %s as version %s (%s) in %.1fs", self.dataset.id, manifest.rows, self.where(),
+                 manifest.version, result.summary(), elapsed)
+        return result
+
+    def _plan(self, manifest: Any, started: float) -> CommitPlan:
+        managed = set(getattr(self.transport, "managed_columns", ()))
+        columns = tuple(r["name"] for r in self.transport.query(sql.table_columns(self.schema, self.shadow)) if r["name"] not in managed)
+        return CommitPlan(self.dataset.id, manifest.version, self.schema, self.table, self.shadow, columns, manifest.rows,
+                          manifest.sha256, self.run_id, time.monotonic() - started, self.dataset.grants,
+                          self.dataset.primary_key, self.dataset.delete_stale)
 
     def _build_shadow(self, staged: StagedTable, table_schema: TableSchema, expected: int) -> None:
-        self.status(f"creating {self.shadow}")
+        self.status(f"{self.dataset.id}: creating {self.shadow}")
         self.transport.query(sql.create_table(self.schema, self.shadow, table_schema))
-        self.status(f"copying {expected} rows into {self.shadow}")
+        self.status(f"{self.dataset.id}: copying {expected} rows into {self.shadow}")
         try:
             copied = self.transport.copy_in(sql.copy_from_stdin(self.schema, self.shadow, table_schema.names), staged)
         except Exception as exc:
+            if _timed_out(exc):
+                raise LoadError(f"{self.dataset.id}: COPY into {self.where()} {self._explain(exc)}, live table unchanged") from exc
             raise LoadError(f"{self.dataset.id}: COPY into {self.where()}{_staged_row(str(exc))} failed, live table unchanged: {exc}") from exc
         counted = self._count(self.shadow)
         if not (copied == counted == expected):
             raise LoadError(f"{self.dataset.id}: row count mismatch loading {self.where()}: staged {expected}, copied {copied}, in table {counted}")
         self._check_rows(counted)
-        self.status(f"finishing {self.shadow}")
+        self.status(f"{self.dataset.id}: finishing {self.shadow}")
         self.transport.finish_shadow(self.schema, self.shadow, table_schema)
 
+    # --- guards (all before anything is visible) ---------------------------------------------------------
+
     def _check_grant_roles(self) -> None:
-        """Fail before any copying when a role in carto_users does not exist (the swap would roll back)."""
+        """Fail before any copying when a role in carto_users does not exist (the commit would roll back)."""
         if not self.dataset.grants:
             return
         names = ", ".join(sql.literal(role) for role in self.dataset.grants)
@@ -147,6 +229,18 @@ class Loader:
         missing = [role for role in self.dataset.grants if role not in found]
         if missing:
             raise LoadError(f"{self.dataset.id}: carto_users names role(s) {missing} that do not exist on {self.transport.name}; fix carto_users in {self.dataset.path}")
+
+    def _check_key(self, table_schema: TableSchema, mode: str) -> None:
+        missing = [k for k in self.dataset.primary_key if k not in table_schema.names]
+        if mode == "merge" and missing:
+            raise LoadError(f"{self.dataset.id}: primary_key column(s) {missing} are not in the staged data "
+                            f"(columns: {', '.join(table_schema.names)}); fix primary_key in {self.dataset.path}")
+
+    def _check_unique_key(self, plan: CommitPlan) -> None:
+        rows = self.transport.query(merge.key_problems(plan))
+        if rows:
+            raise LoadError(f"{self.dataset.id}: primary_key ({', '.join(plan.primary_key)}) has a {rows[0]['problem']} value "
+                            f"({rows[0]['key']}) in the staged data, so rows cannot be matched; live table unchanged")
 
     def _check_rows(self, new_rows: int) -> None:
         if new_rows == 0 and not self.dataset.allow_empty:
@@ -164,66 +258,121 @@ class Loader:
                 f"±{tolerance:.0%} tolerance for {self.where()}; if this is expected, raise row_count_tolerance in {self.dataset.path}"
             )
 
-    def _check_schema_change(self, accepted: bool) -> None:
-        """Apps query these tables by column name: a column added, removed or retyped is refused unless accepted."""
+    def _check_schema_change(self, accepted: bool) -> bool:
+        """Apps query these tables by column name: a column added, removed or retyped is refused unless
+        accepted. Returns whether the columns change (an accepted change needs a new table: a swap)."""
         if not self._exists(self.table):
-            return
+            return False
         live = {r["name"]: r["type"] for r in self.transport.query(sql.column_types(self.schema, self.table))}
         new = {r["name"]: r["type"] for r in self.transport.query(sql.column_types(self.schema, self.shadow))}
         added = [c for c in new if c not in live]
         removed = [c for c in live if c not in new]
         retyped = [f"{c} {live[c]} → {new[c]}" for c in new if c in live and live[c] != new[c]]
         if not (added or removed or retyped):
-            return
+            return False
         change = "; ".join(f"{what}: {', '.join(items)}" for what, items in
                            (("added", added), ("removed", removed), ("retyped", retyped)) if items)
         if accepted:
             log.warning("%s: schema of %s changes (accepted): %s", self.dataset.id, self.where(), change)
-            return
+            return True
         raise LoadError(f"{self.dataset.id}: the columns of {self.where()} would change — {change}. If this is "
                         f"intended, publish once with --accept-schema-change (or set accept_schema_change: true in {self.dataset.path})")
 
-    def _swap(self, version: str, fingerprint: str, rows: int, index_renames: list[tuple[str, str]]) -> None:
-        views = self.transport.query(sql.dependent_views(self.schema, self.table)) if self._exists(self.table) else []
-        statements = [f"DROP {'MATERIALIZED VIEW' if v['kind'] == 'm' else 'VIEW'} {sql.qualified(v['view_schema'], v['view_name'])}" for v in views]
-        statements += [
-            f"DROP TABLE IF EXISTS {sql.qualified(self.schema, self.table)}",
-            f"ALTER TABLE {sql.qualified(self.schema, self.shadow)} RENAME TO {sql.ident(self.table)}",
-        ]
-        statements += [f"ALTER INDEX {sql.qualified(self.schema, old)} RENAME TO {sql.ident(new)}" for old, new in index_renames]
-        for view in views:  # views keep working on the new table; if one no longer fits, the whole swap rolls back
-            kind = "MATERIALIZED VIEW" if view["kind"] == "m" else "VIEW"
-            name = sql.qualified(view["view_schema"], view["view_name"])
-            statements.append(f"CREATE {kind} {name} AS {view['definition'].rstrip().rstrip(';')}")
-            statements += [f"GRANT SELECT ON {name} TO {sql.ident(g)}" for g in json.loads(view["grantees"] or "[]")]
-        statements += [f"GRANT SELECT ON {sql.qualified(self.schema, self.table)} TO {sql.ident(user)}" for user in self.dataset.grants]
-        statements.append(sql.insert_marker(self.schema, self.dataset.id, version, self.table, fingerprint, rows, True))
+    def _swap_preflight(self, required: bool) -> list[dict[str, Any]]:
+        """Read what a swap must carry (dependent views), and refuse what it cannot before any row is copied."""
+        own = tuple(getattr(self.transport, "own_triggers", ()))
+        blocked = self.transport.query(swap.attachments(self.schema, self.table, own))
+        views = self.transport.query(swap.dependent_views(self.schema, self.table))
+        problem = swap.refusal(blocked, views)
+        if problem:
+            raise LoadError(f"{self.dataset.id}: {self.where()} has {problem}, which a swap (a new table) would lose; "
+                            f"publish in place instead (load_mode: replace, or merge with a primary_key), which keeps them"
+                            + ("" if required else ", or undo the column change"))
+        return views
+
+    # --- commits by mode ---------------------------------------------------------------------------------
+
+    def _swap_statements(self, plan: CommitPlan, table_schema: TableSchema, live_exists: bool, views: list[dict[str, Any]]) -> list[str]:
+        # Indexes are built on the shadow, so the table, its indexes and the marker appear in one commit.
+        index_renames = self._indexes(table_schema)
+        extras = self.transport.query(swap.table_extras(self.schema, self.table))[0] if live_exists else None
+        live_rows = self._count(self.table) if live_exists else None
         if views:
             log.info("%s: re-creating dependent views %s on the new table", self.dataset.id, ", ".join(v["view_name"] for v in views))
-        try:
-            self.transport.transaction(statements)
-        except Exception as exc:
-            if views:
-                names = ", ".join(f"{v['view_schema']}.{v['view_name']}" for v in views)
-                raise LoadError(f"{self.dataset.id}: swap of {self.where()} rolled back; dependent views ({names}) could not be re-created on the new table: {exc}") from exc
-            raise
+        return swap.statements(plan, live_rows, views, extras, index_renames)
 
-    def _indexes(self, table_schema: TableSchema) -> list[tuple[str, str]]:
+    def _indexes(self, table_schema: TableSchema, table: str | None = None) -> list[tuple[str, str]]:
         """Build the configured indexes (and the spatial one) on the shadow; return (shadow name, final name)
         pairs for the swap to rename."""
         renames: list[tuple[str, str]] = []
+        for columns, method in self._wanted_indexes(table_schema):
+            self.status(f"{self.dataset.id}: indexing {self.shadow} ({'+'.join(columns)})")
+            self.transport.long_query(sql.create_index(self.schema, self.shadow, columns, method))
+            renames.append((sql.index_name(self.shadow, columns), sql.index_name(self.table, columns)))
+        return renames
+
+    def _wanted_indexes(self, table_schema: TableSchema) -> list[tuple[list[str], str]]:
+        wanted = []
+        geometry = table_schema.geometry.name if table_schema.geometry else None
         for columns in self.transport.index_columns(self.dataset, table_schema):
             missing = [c for c in columns if c not in table_schema.names and c not in ("the_geom", "the_geom_webmercator", "cartodb_id")]
             if missing:
                 log.warning("%s: index %s skipped: no column %s in %s", self.dataset.id, "+".join(columns), missing, self.where())
                 continue
-            self.status(f"indexing {self.shadow} ({'+'.join(columns)})")
-            method = "gist" if any(c == (table_schema.geometry.name if table_schema.geometry else None) or c.startswith("the_geom") for c in columns) else "btree"
-            self.transport.long_query(sql.create_index(self.schema, self.shadow, columns, method))
-            renames.append((sql.index_name(self.shadow, columns), sql.index_name(self.table, columns)))
-        return renames
+            method = "gist" if any(c == geometry or c.startswith("the_geom") for c in columns) else "btree"
+            wanted.append((columns, method))
+        return wanted
+
+    def _after_commit(self, mode: str, table_schema: TableSchema) -> None:
+        """The data is live; what follows only tidies up, so it warns instead of failing the publish."""
+        self._reset_timeout_quietly()
+        if mode != "swap":
+            self._drop_shadow_quietly()
+            self._ensure_live_indexes(table_schema)
+            self._quietly(f"ANALYZE {sql.qualified(self.schema, self.table)}", "analyze")
+        try:
+            self.transport.post_swap(self.schema, self.table, table_schema, self.dataset)
+        except Exception as exc:
+            log.warning("%s: after publishing %s: %s", self.dataset.id, self.where(), exc)
+
+    def _ensure_live_indexes(self, table_schema: TableSchema) -> None:
+        """Configured indexes the live table lacks (a new ``indexes`` entry) are built CONCURRENTLY: neither
+        readers nor writers wait. One that cannot be finished is dropped and tried again next run."""
+        for columns, method in self._wanted_indexes(table_schema):
+            name = sql.index_name(self.table, columns)
+            present = self.transport.query(f"SELECT to_regclass({sql.literal(sql.qualified(self.schema, name))}) IS NOT NULL AS present")[0]["present"]
+            if present:
+                continue
+            statement = sql.create_index(self.schema, self.table, columns, method).replace("CREATE INDEX IF NOT EXISTS", "CREATE INDEX CONCURRENTLY IF NOT EXISTS", 1)
+            if not self._quietly(statement, f"index {'+'.join(columns)}"):
+                self._quietly(f"DROP INDEX CONCURRENTLY IF EXISTS {sql.qualified(self.schema, name)}", "drop an unfinished index")
+
+    # --- timeouts ----------------------------------------------------------------------------------------
+
+    def _set_timeout(self) -> None:
+        if self.dataset.timeout:
+            self.transport.query(f"SET statement_timeout = '{int(self.dataset.timeout * 1000)}ms'")
+
+    def _reset_timeout_quietly(self) -> None:
+        if self.dataset.timeout:
+            self._quietly("SET statement_timeout = DEFAULT", "reset statement_timeout")
+
+    def _explain(self, exc: BaseException) -> str:
+        if _timed_out(exc) and self.dataset.timeout:
+            return (f"timed out: a statement ran longer than the dataset's timeout of {self.dataset.timeout:.0f}s "
+                    f"(timeout: in {self.dataset.path})")
+        return str(exc)
 
     # --- helpers ----------------------------------------------------------------------------------------
+
+    def _counts(self, version: str) -> dict[str, int | None]:
+        try:
+            rows = self.transport.query(sql.marker_counts(self.schema, self.dataset.id, version))
+        except Exception:
+            return {}
+        if not rows:
+            return {}
+        return {k: (int(rows[0][k]) if rows[0].get(k) is not None else None) for k in ("inserted", "updated", "deleted", "unchanged")}
 
     def _unchanged(self, fingerprint: str) -> bool:
         if not self._exists(self.table):
@@ -231,8 +380,9 @@ class Loader:
         rows = self.transport.query(sql.latest_marker(self.schema, self.dataset.id, self.table))
         return bool(rows) and rows[0]["fingerprint"] == fingerprint
 
-    def _record(self, version: str, fingerprint: str, rows: int, rewritten: bool) -> None:
-        self.transport.query(sql.insert_marker(self.schema, self.dataset.id, version, self.table, fingerprint, rows, rewritten))
+    def _record(self, version: str, fingerprint: str, rows: int) -> None:
+        self.transport.query(sql.insert_marker(self.schema, self.dataset.id, version, self.table, fingerprint, rows, False,
+                                               mode="unchanged", run_id=self.run_id))
 
     def _exists(self, table: str) -> bool:
         return bool(self.transport.query(sql.table_exists(self.schema, table))[0]["present"])
@@ -240,11 +390,29 @@ class Loader:
     def _count(self, table: str) -> int:
         return int(self.transport.query(sql.count_rows(self.schema, table))[0]["n"])
 
-    def _drop_shadow(self) -> None:
-        self.transport.query(f"DROP TABLE IF EXISTS {sql.qualified(self.schema, self.shadow)}")
+    def _drop_dead_shadows(self, dead_shadow: str | None) -> None:
+        """Holding the lease, every other shadow of this table belongs to a run whose lease is gone: a dead
+        one (or one that can no longer commit). Its drop waits at most the lock timeout for a zombie's COPY."""
+        names = {r["name"] for r in self.transport.query(sql.shadows_of(self.schema, self.table))}
+        names |= {dead_shadow} if dead_shadow else set()
+        for name in sorted(names - {self.shadow}):
+            try:
+                self.transport.transaction([self.settings.locks.set_local(), f"DROP TABLE IF EXISTS {sql.qualified(self.schema, name)}"])
+                log.info("%s: dropped %s, the shadow of a run that is no longer loading %s", self.dataset.id, name, self.where())
+            except Exception as exc:
+                log.warning("%s: could not drop a dead run's shadow %s yet: %s", self.dataset.id, name, exc)
 
     def _drop_shadow_quietly(self) -> None:
+        self._quietly(f"DROP TABLE IF EXISTS {sql.qualified(self.schema, self.shadow)}", f"drop {self.shadow} (the next run will)")
+
+    def _quietly(self, statement: str, what: str) -> bool:
         try:
-            self._drop_shadow()
-        except Exception as exc:  # the next run drops it; the original error matters more
-            log.warning("%s: could not drop %s after a failed load (the next run will): %s", self.dataset.id, self.shadow, exc)
+            self.transport.query(statement)
+            return True
+        except Exception as exc:  # tidying up must not mask the outcome that matters
+            log.warning("%s: could not %s on %s: %s", self.dataset.id, what, self.where(), exc)
+            return False
+
+
+def _timed_out(exc: BaseException) -> bool:
+    return "statement timeout" in str(exc)

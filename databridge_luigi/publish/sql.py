@@ -5,6 +5,11 @@ from __future__ import annotations
 from ..schema import TableSchema
 
 MARKER_TABLE = "databridge_luigi_publications"
+LEASE_TABLE = "databridge_luigi_leases"
+# Columns added to the marker table after its first release; ALTER … ADD COLUMN IF NOT EXISTS brings old ones up.
+MARKER_DETAIL_COLUMNS = ("mode text", "inserted bigint", "updated bigint", "deleted bigint", "unchanged bigint",
+                         "seconds double precision", "run_id text")
+SHADOW_MARK = "__shadow"
 
 
 def ident(name: str) -> str:
@@ -33,8 +38,12 @@ def qualified(schema: str, table: str) -> str:
     return f"{ident(schema)}.{ident(table)}"
 
 
-def shadow_name(table: str) -> str:
-    return f"{table}__shadow"
+def shadow_name(table: str, run_id: str) -> str:
+    """``<table>__shadow_<run>``: unique per run, so two loaders never share (or drop) one shadow. The table
+    part is cut (by bytes) to keep the name within 63 bytes; the lease row records the exact name."""
+    suffix = f"{SHADOW_MARK}_{run_id[:6]}"
+    head = table.encode()[: 63 - len(suffix)].decode("utf-8", "ignore")
+    return head + suffix
 
 
 def create_table(schema: str, table: str, columns: TableSchema) -> str:
@@ -48,20 +57,47 @@ def copy_from_stdin(schema: str, table: str, names: list[str]) -> str:
 
 
 def create_marker_table(schema: str) -> str:
+    """The marker table, and the detail columns on one made by an earlier release. The ALTER runs only when a
+    column is missing: it takes an exclusive lock, which an analyst's open session would otherwise hold up."""
+    marker = qualified(schema, MARKER_TABLE)
+    details = ", ".join(f"ADD COLUMN IF NOT EXISTS {column}" for column in MARKER_DETAIL_COLUMNS)
+    last = MARKER_DETAIL_COLUMNS[-1].split()[0]
     return (
-        f"CREATE TABLE IF NOT EXISTS {qualified(schema, MARKER_TABLE)} ("
+        f"CREATE TABLE IF NOT EXISTS {marker} ("
         "dataset_id text NOT NULL, version text NOT NULL, table_name text NOT NULL, fingerprint text NOT NULL, "
         "row_count bigint NOT NULL, rewritten boolean NOT NULL, published_at timestamptz NOT NULL DEFAULT now(), "
-        "PRIMARY KEY (dataset_id, version))"
+        "PRIMARY KEY (dataset_id, version)); "
+        f"DO $upgrade$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = {literal(marker)}::regclass "
+        f"AND attname = {literal(last)} AND NOT attisdropped) THEN ALTER TABLE {marker} {details}; END IF; END $upgrade$"
     )
 
 
-def insert_marker(schema: str, dataset_id: str, version: str, table: str, fingerprint: str, rows: int, rewritten: bool) -> str:
-    values = ", ".join([literal(dataset_id), literal(version), literal(table), literal(fingerprint), literal(rows), literal(rewritten)])
+def create_lease_table(schema: str) -> str:
     return (
-        f"INSERT INTO {qualified(schema, MARKER_TABLE)} (dataset_id, version, table_name, fingerprint, row_count, rewritten) "
-        f"VALUES ({values}) ON CONFLICT (dataset_id, version) DO NOTHING"
+        f"CREATE TABLE IF NOT EXISTS {qualified(schema, LEASE_TABLE)} ("
+        "table_name text PRIMARY KEY, dataset_id text NOT NULL, run_id text NOT NULL, host text NOT NULL, "
+        "pid integer NOT NULL, shadow text NOT NULL, acquired_at timestamptz NOT NULL, expires_at timestamptz NOT NULL)"
     )
+
+
+def insert_marker(schema: str, dataset_id: str, version: str, table: str, fingerprint: str, rows: int, rewritten: bool,
+                  mode: str | None = None, run_id: str | None = None, seconds: float | None = None,
+                  counts: str = "NULL, NULL, NULL, NULL") -> str:
+    """One marker row. ``counts`` is SQL for (inserted, updated, deleted, unchanged): literals, or scalar
+    sub-queries over a merge's data-modifying CTEs (see publish/merge.py)."""
+    values = ", ".join([literal(dataset_id), literal(version), literal(table), literal(fingerprint), literal(rows),
+                        literal(rewritten), literal(mode), literal(run_id),
+                        "NULL" if seconds is None else f"{seconds:.3f}", counts])
+    return (
+        f"INSERT INTO {qualified(schema, MARKER_TABLE)} (dataset_id, version, table_name, fingerprint, row_count, rewritten, "
+        f"mode, run_id, seconds, inserted, updated, deleted, unchanged) "
+        f"SELECT {values} ON CONFLICT (dataset_id, version) DO NOTHING"
+    )
+
+
+def marker_counts(schema: str, dataset_id: str, version: str) -> str:
+    return (f"SELECT mode, inserted, updated, deleted, unchanged FROM {qualified(schema, MARKER_TABLE)} "
+            f"WHERE dataset_id = {literal(dataset_id)} AND version = {literal(version)}")
 
 
 def marker_lookup(schema: str, dataset_id: str, version: str, table: str) -> str:
@@ -94,6 +130,38 @@ def table_exists(schema: str, table: str) -> str:
 
 def count_rows(schema: str, table: str) -> str:
     return f"SELECT count(*) AS n FROM {qualified(schema, table)}"
+
+
+def table_columns(schema: str, table: str) -> str:
+    return (f"SELECT attname AS name FROM pg_attribute WHERE attrelid = {literal(qualified(schema, table))}::regclass "
+            "AND attnum > 0 AND NOT attisdropped ORDER BY attnum")
+
+
+def lock_holders(schema: str, table: str) -> str:
+    """Other sessions holding a lock on the table, with who and since when: the blockers a user can act on."""
+    return (
+        "SELECT DISTINCT a.pid, a.usename AS user, a.application_name AS application, a.state, "
+        "to_char(COALESCE(a.xact_start, a.backend_start) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') AS since, "
+        "l.mode FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        f"WHERE l.locktype = 'relation' AND l.relation = to_regclass({literal(qualified(schema, table))}) "
+        "AND l.granted AND l.pid <> pg_backend_pid() ORDER BY a.pid"
+    )
+
+
+def terminate_backend(pid: int) -> str:
+    return f"SELECT pg_terminate_backend({int(pid)}) AS terminated"
+
+
+def shadows_of(schema: str, table: str) -> str:
+    """This table's shadows: any run's ``<table>__shadow_<run>`` and an earlier release's ``<table>__shadow``.
+    A table name too long to appear whole in its shadows' names has only its lease row's shadow found."""
+    legacy = f"{table}{SHADOW_MARK}"
+    names = f"c.relname = {literal(legacy)}" if len(legacy.encode()) <= 63 else "false"
+    if len(shadow_name(table, "000000").encode()) == len(table.encode()) + len(SHADOW_MARK) + 7:
+        pattern = table.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%") + "\\_\\_shadow\\_______"
+        names += f" OR c.relname LIKE {literal(pattern)}"
+    return (f"SELECT c.relname AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            f"WHERE n.nspname = {literal(schema)} AND c.relkind = 'r' AND ({names})")
 
 
 def dependent_views(schema: str, table: str) -> str:

@@ -1,0 +1,170 @@
+"""One loader per destination table: a lease row in the destination itself.
+
+Luigi's resources and luigid keep one worker pool from loading a table twice, but not two schedulers, a
+restarted luigid or a hand-run ``--local-scheduler``; CARTO has no persistent session, so an advisory lock
+cannot serve either. The lease is a row in ``databridge_luigi_leases`` (owner run id, host, pid, the run's
+shadow table, expiry), taken with one atomic ``INSERT … ON CONFLICT … WHERE expired``, renewed by a thread
+while the load runs, and checked again — *fenced* — inside the commit transaction: a loader whose lease
+expired (a paused VM, a lost connection) cannot commit. Only an expired lease's shadow is ever dropped.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from . import sql
+
+log = logging.getLogger(__name__)
+
+
+class SqlRunner(Protocol):
+    def query(self, statement: str) -> list[dict[str, Any]]: ...
+
+
+class LeaseHeld(RuntimeError):
+    """Another run holds the table's lease and did not release it within the wait."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    run_id: str
+    host: str
+    pid: int
+    since: str
+    until: str
+
+    def __str__(self) -> str:
+        return f"run {self.run_id[:12]}, host {self.host} pid {self.pid}, since {self.since} UTC, lease until {self.until} UTC"
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Lease:
+    """The lease on ``schema.table`` for one run. ``acquire`` → (renewed in the background) → ``release``."""
+
+    def __init__(self, runner: SqlRunner, schema: str, table: str, dataset_id: str, run_id: str, shadow: str,
+                 seconds: float = 120.0):
+        self.runner, self.schema, self.table, self.dataset_id = runner, schema, table, dataset_id
+        self.run_id, self.shadow, self.seconds = run_id, shadow, seconds
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    @property
+    def _key(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+    @property
+    def _lease_table(self) -> str:
+        return sql.qualified(self.schema, sql.LEASE_TABLE)
+
+    # --- taking it ------------------------------------------------------------------------------------
+
+    def acquire(self, wait_seconds: float, waiting: Callable[[Holder], None] = lambda holder: None) -> str | None:
+        """Take the lease, waiting up to ``wait_seconds`` for a live holder to finish. Returns the shadow of an
+        expired holder (a dead run's leftover, for the caller to drop), or None."""
+        self.runner.query(sql.create_lease_table(self.schema))
+        deadline = time.monotonic() + wait_seconds
+        delay = 0.5
+        while True:
+            rows = self.runner.query(self._take_statement())
+            if rows:
+                previous = rows[0].get("previous_shadow")
+                if rows[0].get("previous_run") and previous:
+                    log.warning("%s: took over the expired lease of run %s on %s; its shadow %s will be dropped",
+                                self.dataset_id, str(rows[0]["previous_run"])[:12], self._key, previous)
+                    return str(previous)
+                return None
+            holder = self.holder()
+            if holder is None:  # released between the two statements: try again at once
+                continue
+            if time.monotonic() >= deadline:
+                raise LeaseHeld(f"{self.dataset_id}: another load of {self.dataset_id} is running ({holder}) on "
+                                f"{self._key}; gave up after waiting {wait_seconds:.0f}s")
+            waiting(holder)
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 5.0)
+
+    def _take_statement(self) -> str:
+        lease = self._lease_table
+        values = ", ".join([sql.literal(self._key), sql.literal(self.dataset_id), sql.literal(self.run_id),
+                            sql.literal(socket.gethostname()[:200]), sql.literal(os.getpid()), sql.literal(self.shadow)])
+        # The CTE reads (and row-locks) the previous holder, so a takeover learns which dead shadow to drop.
+        return (
+            f"WITH previous AS (SELECT run_id, shadow FROM {lease} WHERE table_name = {sql.literal(self._key)} FOR UPDATE) "
+            f"INSERT INTO {lease} AS l (table_name, dataset_id, run_id, host, pid, shadow, acquired_at, expires_at) "
+            f"VALUES ({values}, clock_timestamp(), clock_timestamp() + {self._interval()}) "
+            "ON CONFLICT (table_name) DO UPDATE SET dataset_id = EXCLUDED.dataset_id, run_id = EXCLUDED.run_id, "
+            "host = EXCLUDED.host, pid = EXCLUDED.pid, shadow = EXCLUDED.shadow, acquired_at = EXCLUDED.acquired_at, "
+            "expires_at = EXCLUDED.expires_at WHERE l.expires_at < clock_timestamp() "
+            "RETURNING l.run_id, (SELECT run_id FROM previous) AS previous_run, (SELECT shadow FROM previous) AS previous_shadow"
+        )
+
+    def holder(self) -> Holder | None:
+        rows = self.runner.query(
+            f"SELECT run_id, host, pid, to_char(acquired_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') AS since, "
+            f"to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') AS until FROM {self._lease_table} "
+            f"WHERE table_name = {sql.literal(self._key)}")
+        if not rows:
+            return None
+        row = rows[0]
+        return Holder(str(row["run_id"]), str(row["host"]), int(row["pid"]), str(row["since"]), str(row["until"]))
+
+    # --- keeping it -----------------------------------------------------------------------------------
+
+    def _interval(self) -> str:
+        return f"interval '{float(self.seconds):.3f} seconds'"
+
+    def renew(self) -> bool:
+        rows = self.runner.query(
+            f"UPDATE {self._lease_table} SET expires_at = clock_timestamp() + {self._interval()} "
+            f"WHERE table_name = {sql.literal(self._key)} AND run_id = {sql.literal(self.run_id)} "
+            "AND expires_at > clock_timestamp() RETURNING run_id")
+        return bool(rows)
+
+    def keep_renewed(self) -> None:
+        """Renew every third of the lease period on a thread (with its own connection: the loader's may be
+        busy in a long COPY). A renewal that finds the lease gone sets ``lost``; the fence then refuses."""
+        def loop() -> None:
+            while not self._stop.wait(self.seconds / 3):
+                try:
+                    if not self.renew():
+                        self.lost.set()
+                        log.error("%s: lost the lease on %s (expired or taken over); this run will not commit", self.dataset_id, self._key)
+                        return
+                except Exception as exc:  # a passing connection error: the next tick tries again; the fence decides
+                    log.warning("%s: could not renew the lease on %s: %s", self.dataset_id, self._key, exc)
+
+        self._renewer = threading.Thread(target=loop, name=f"lease-{self.table}", daemon=True)
+        self._renewer.start()
+
+    def fence(self) -> str:
+        """The commit transaction's first statement: extend the lease if it is still ours, else abort the
+        transaction. The row lock it takes keeps a would-be successor waiting until this commit ends."""
+        message = f"databridge-luigi: run {self.run_id[:12]} no longer holds the lease on {self._key}; not committing"
+        return (
+            f"DO $fence$ BEGIN UPDATE {self._lease_table} SET expires_at = clock_timestamp() + {self._interval()} "
+            f"WHERE table_name = {sql.literal(self._key)} AND run_id = {sql.literal(self.run_id)} "
+            f"AND expires_at > clock_timestamp(); IF NOT FOUND THEN RAISE EXCEPTION {sql.literal(message)}; END IF; END $fence$"
+        )
+
+    # --- giving it back -------------------------------------------------------------------------------
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join(timeout=5)
+        try:
+            self.runner.query(f"DELETE FROM {self._lease_table} WHERE table_name = {sql.literal(self._key)} "
+                              f"AND run_id = {sql.literal(self.run_id)}")
+        except Exception as exc:  # it expires by itself; the load's own outcome matters more
+            log.warning("%s: could not release the lease on %s (it expires in %.0fs): %s", self.dataset_id, self._key, self.seconds, exc)

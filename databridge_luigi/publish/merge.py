@@ -1,0 +1,50 @@
+"""Merge by key: insert new rows, update changed ones, delete rows gone from the source (``delete_stale``),
+leave unchanged rows untouched (on CARTO they keep their ``cartodb_id``, which apps link to).
+
+Like replace, it keeps the live table's identity and takes only ROW EXCLUSIVE. One statement does it all:
+data-modifying CTEs over one snapshot touch disjoint rows (stale keys, changed keys, new keys), and the
+marker row in the same statement records inserted, updated, deleted and unchanged counts. A row counts as
+changed when its text form differs, which is exact for every type (json and geometry included, which have
+no usable equality operator).
+"""
+from __future__ import annotations
+
+from . import sql
+from .plan import CommitPlan
+
+MODE = "merge"
+
+
+def key_problems(plan: CommitPlan) -> str:
+    """A query that finds the first duplicate or NULL key in the shadow (no row: the key is usable)."""
+    keys = ", ".join(sql.ident(k) for k in plan.primary_key)
+    null = " OR ".join(f"{sql.ident(k)} IS NULL" for k in plan.primary_key)
+    return (f"(SELECT 'NULL' AS problem, {_key_text(plan, '')} AS key FROM {plan.staged} WHERE {null} LIMIT 1) UNION ALL "
+            f"(SELECT 'duplicate' AS problem, min({_key_text(plan, '')}) AS key FROM {plan.staged} "
+            f"GROUP BY {keys} HAVING count(*) > 1 LIMIT 1)")
+
+
+def _key_text(plan: CommitPlan, alias: str) -> str:
+    prefix = f"{alias}." if alias else ""
+    return "concat_ws(', ', " + ", ".join(f"{prefix}{sql.ident(k)}::text" for k in plan.primary_key) + ")"
+
+
+def statements(plan: CommitPlan) -> list[str]:
+    match = " AND ".join(f"l.{sql.ident(k)} = s.{sql.ident(k)}" for k in plan.primary_key)
+    others = [c for c in plan.columns if c not in plan.primary_key]
+    parts: list[str] = []
+    if plan.delete_stale:
+        parts.append(f"deleted AS (DELETE FROM {plan.live} l WHERE NOT EXISTS (SELECT 1 FROM {plan.staged} s WHERE {match}) RETURNING 1)")
+    if others:
+        assignments = ", ".join(f"{sql.ident(c)} = s.{sql.ident(c)}" for c in others)
+        old = "ROW(" + ", ".join(f"l.{sql.ident(c)}" for c in others) + ")::text"
+        new = "ROW(" + ", ".join(f"s.{sql.ident(c)}" for c in others) + ")::text"
+        parts.append(f"updated AS (UPDATE {plan.live} l SET {assignments} FROM {plan.staged} s "
+                     f"WHERE {match} AND {old} IS DISTINCT FROM {new} RETURNING 1)")
+    parts.append(f"inserted AS (INSERT INTO {plan.live} ({plan.column_list()}) SELECT {plan.column_list('s')} FROM {plan.staged} s "
+                 f"WHERE NOT EXISTS (SELECT 1 FROM {plan.live} l WHERE {match}) RETURNING 1)")
+    inserted = "(SELECT count(*) FROM inserted)"
+    updated = "(SELECT count(*) FROM updated)" if others else "0"
+    deleted = "(SELECT count(*) FROM deleted)" if plan.delete_stale else "0"
+    counts = f"{inserted}, {updated}, {deleted}, {plan.rows} - {inserted} - {updated}"
+    return ["WITH " + ", ".join(parts) + " " + plan.marker(MODE, counts), *plan.grant_statements()]

@@ -176,6 +176,8 @@ class DatasetFile(_Strict):
     primary_key: list[StrictStr] = []
     delete_stale: StrictBool = True
     timeout: int | None = Field(default=None, gt=0, description="seconds; statement_timeout on source and destination sessions")
+    # Source columns never published (checked against the source's columns at extract time).
+    exclude_fields: list[StrictStr] = []
 
     @field_validator("schedule_interval", mode="before")
     @classmethod
@@ -261,6 +263,7 @@ class Dataset:
     primary_key: tuple[str, ...] = ()
     delete_stale: bool = True
     timeout: float | None = None  # seconds
+    exclude_fields: tuple[str, ...] = ()  # lower-case source column names not to publish
     carto_env: str | None = None
     knack_object_id: int | None = None
     airtable_base: str | None = None
@@ -453,6 +456,7 @@ def _build_dataset(where: str, kind: str, dept: str, table: str, env: str | None
         primary_key=tuple(spec.primary_key),
         delete_stale=spec.delete_stale,
         timeout=float(spec.timeout) if spec.timeout else None,
+        exclude_fields=tuple(f.lower() for f in spec.exclude_fields),
         timezone=spec.timezone,
         schema_override=str(Path(where).parent / spec.schema_override) if spec.schema_override else None,
         carto_env=env,

@@ -5,6 +5,7 @@ import re
 
 _SRID_PREFIX = re.compile(r"^\s*SRID=(\d+);", re.I)
 _TYPE = re.compile(r"^\s*([A-Za-z]+)\s*(ZM|Z|M)?\s*(\(|EMPTY)", re.I)
+ESRI_NAN = re.compile(r"-?1\.#(?:QNAN|IND)[0-9]*", re.I)
 _FIRST_COORD = re.compile(r"\(\s*\(*\s*([^,()]+)")
 
 
@@ -14,8 +15,12 @@ class GeometryError(ValueError):
 
 def to_ewkt(value: str, srid: int | None) -> str | None:
     """Normalize WKT or EWKT to ``SRID=n;WKT``. Idempotent: a value that already has ``SRID=`` (even twice,
-    as the old geocoder + loader produced) keeps one. Blank and EMPTY geometries become None (NULL)."""
+    as the old geocoder + loader produced) keeps one. Blank and EMPTY geometries become None (NULL). Esri's
+    text for a null measure or Z (``1.#QNAN000``, ``-1.#IND00``: Windows' printf of NaN, seen from Oracle SDE
+    ZM shapes) becomes ``NaN``, which PostGIS stores."""
     text = value.strip()
+    if "#" in text:
+        text = ESRI_NAN.sub("NaN", text)
     found: int | None = None
     while (match := _SRID_PREFIX.match(text)):
         prefix_srid = int(match.group(1))

@@ -1,14 +1,22 @@
-"""``databridge-luigi`` console script: list, validate and plan datasets (publishing itself is
-``luigi --module databridge_luigi PublishAll|Publish``)."""
+"""``databridge-luigi`` console script: list, validate, plan, status, history, serve and submit (publishing
+itself is ``luigi --module databridge_luigi PublishAll|Publish``).
+
+A broken config file breaks only its own dataset: every command but ``validate`` works with the valid
+datasets and names each broken file (file, key, reason) under its output, exiting 1. Errors are one or two
+lines; ``--debug`` (or ``-v``) adds the traceback. Options go before or after the command
+(``databridge-luigi plan --config-dir X`` = ``databridge-luigi --config-dir X plan``).
+"""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import DEFAULT_CARTO_CONN, Dataset, load_datasets
-from .connections import redact_exception
+from .config import DEFAULT_CARTO_CONN, ConfigError, ConfigProblem, Dataset, Registry, load_datasets
+from .connections import redact, redact_exception
 from .schedule import due_version, next_fire_time
 
 
@@ -26,15 +34,6 @@ def _config_dir(value: str | None) -> Path:
     return Path(configured) if configured else default_config_dir()
 
 
-def _load(directory: Path) -> list[Dataset]:
-    datasets, problems = load_datasets(directory, _default_carto_conn())
-    if problems:
-        for problem in problems:
-            print(problem, file=sys.stderr)
-        raise SystemExit(f"{len(problems)} config problem(s) in {directory}; run 'databridge-luigi validate' for details")
-    return datasets
-
-
 def _default_carto_conn() -> str:
     try:
         from .tasks import databridge
@@ -42,6 +41,29 @@ def _default_carto_conn() -> str:
         return str(databridge().default_carto_conn)
     except Exception:
         return DEFAULT_CARTO_CONN
+
+
+def _registry(args: argparse.Namespace) -> Registry:
+    return Registry(_config_dir(args.config_dir), _default_carto_conn())
+
+
+def _store():  # type: ignore[no-untyped-def]
+    from .staging import open_store
+    from .tasks import databridge
+
+    return open_store(str(databridge().staging) or None)
+
+
+def _report_broken(problems: Sequence[ConfigProblem], directory: Path, out=None) -> None:  # type: ignore[no-untyped-def]
+    """Under a command's output: each broken file's problems (the valid datasets were shown above)."""
+    if not problems:
+        return
+    out = out or sys.stderr
+    files = sorted({p.path for p in problems})
+    print(f"{len(files)} broken config file(s) in {directory} (their datasets are left out; "
+          "'databridge-luigi validate' lists every problem):", file=out)
+    for problem in problems:
+        print(f"  {problem}", file=out)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -55,23 +77,26 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    registry = _registry(args)
     rows = [("DATASET", "KIND", "SCHEDULE (UTC)", "SOURCE", "DESTINATION")]
-    for d in _load(_config_dir(args.config_dir)):
+    for d in registry:
         schedule = d.schedule or "manual"
         destination = f"{d.dest_conn}:{d.dest_table}" if d.publish else "(staging only)"
         if not d.enabled:
             destination += " [disabled]"
         rows.append((d.id, d.kind, schedule, f"{d.source_conn}:{d.source_schema + '.' if d.source_schema else ''}{d.source_table}", destination))
     _print_table(rows)
-    return 0
+    _report_broken(registry.problems, registry.root)
+    return 1 if registry.problems else 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from .targets import PublishedTableTarget
 
+    registry = _registry(args)
     rows = [("DATASET", "DUE VERSION", "PUBLISHED", "NEXT RUN (UTC)")]
-    unknown = 0
-    for d in _load(_config_dir(args.config_dir)):
+    notes: dict[str, int] = {}  # one footer note per distinct error, e.g. one per unreachable destination
+    for d in registry:
         if not d.enabled:
             rows.append((d.id, "-", "disabled", "-"))
             continue
@@ -88,11 +113,57 @@ def cmd_plan(args: argparse.Namespace) -> int:
             try:
                 state = "yes" if PublishedTableTarget(d, version).exists() else "DUE"
             except Exception as exc:  # one unreachable destination must not hide the rest of the plan
-                unknown += 1
-                state = f"unknown ({redact_exception(exc).splitlines()[0][:200]})"
+                note = f"{d.dest_conn}: {redact_exception(exc).splitlines()[0][:300]}"
+                number = notes.setdefault(note, len(notes) + 1)
+                state = f"unknown [{number}]"
         rows.append((d.id, version, state, following))
     _print_table(rows)
-    return 1 if unknown else 0
+    if notes:
+        print(f"\n{sum(1 for r in rows if r[2].startswith('unknown'))} dataset(s) could not be checked:")
+        for note, number in notes.items():
+            print(f"[{number}] {note}")
+    _report_broken(registry.problems, registry.root)
+    return 1 if notes or registry.problems else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from . import status
+
+    registry = _registry(args)
+    rows = status.collect(registry, _store(), args.dataset_ids, luigid=_luigid_url(args))
+    if args.html:
+        status.write_page(args.html, rows)
+    if args.json:
+        print(status.as_json(rows))
+    elif not args.html or args.dataset_ids or sys.stdout.isatty():
+        print(status.text_table(sorted(rows, key=status.sort_key)))
+    if args.html:
+        print(f"status page written to {os.path.abspath(args.html)}", file=sys.stderr)
+    return 1 if any(r.state in status.ALARMING for r in rows) else 0
+
+
+def _luigid_url(args: argparse.Namespace) -> str | None:
+    return getattr(args, "luigid", None) or os.environ.get("DATABRIDGE_LUIGID_URL") or None
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from . import status
+
+    registry = _registry(args)
+    entries = status.history(registry, _store(), args.dataset_id, limit=args.limit)
+    if args.json:
+        import json
+
+        print(json.dumps({"dataset_id": args.dataset_id, "runs": entries}, indent=2))
+    else:
+        print(status.history_table(args.dataset_id, entries))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from . import web
+
+    return web.serve(lambda: _registry(args), _store, host=args.host, port=args.port, luigid=_luigid_url(args))
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -103,7 +174,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not args.dataset_ids and not (args.all or args.due):
         raise SystemExit("databridge-luigi submit: give dataset ids, --all or --due")
     mode = "due" if args.due else "all" if args.all else None
-    datasets = _load(_config_dir(args.config_dir))
+    registry = _registry(args)
+    _report_broken(registry.problems, registry.root)
+    for dataset_id in args.dataset_ids:  # a named dataset whose file is broken: say which problem
+        if dataset_id in registry.broken_ids():
+            raise ConfigError(registry.broken_ids()[dataset_id])
+    datasets: list[Dataset] = list(registry)
     selected = batch.select_datasets(datasets, args.dataset_ids, mode)
     manual = [d.id for d, version in selected if version is None and not args.force]
     if manual:
@@ -112,8 +188,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         selected = [(d, None) for d, _ in selected]
     settings = batch.BatchSettings.from_config(job_queue=args.queue, job_definition=args.job_definition,
                                                scheduler_host=args.scheduler_host)
-    return batch.run(selected, settings, wait=not args.no_wait, deadline_seconds=args.deadline, force=args.force,
+    code = batch.run(selected, settings, wait=not args.no_wait, deadline_seconds=args.deadline, force=args.force,
                      poll_initial=args.poll_interval)
+    return code or (1 if registry.problems else 0)
 
 
 def _print_table(rows: Sequence[Sequence[str]]) -> None:
@@ -122,16 +199,44 @@ def _print_table(rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="databridge-luigi", description="List, validate and plan databridge-luigi datasets.")
-    parser.add_argument("--config-dir", help="config tree (default: luigi.cfg [databridge] config_dir, env DATABRIDGE_CONFIG_DIR, ./configs)")
+def _common() -> argparse.ArgumentParser:
+    """Options every command takes, before or after its name (SUPPRESS: a later default never overwrites)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config-dir", default=argparse.SUPPRESS,
+                        help="config tree (default: luigi.cfg [databridge] config_dir, env DATABRIDGE_CONFIG_DIR, ./configs)")
+    common.add_argument("--debug", "-v", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(prog="databridge-luigi", parents=[common],
+                                     description="List, validate, plan and watch databridge-luigi datasets.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="one line per dataset").set_defaults(func=cmd_list)
-    validate = sub.add_parser("validate", help="check every config; names file, key and reason for each problem")
+    sub.add_parser("list", parents=[common], help="one line per dataset").set_defaults(func=cmd_list)
+    validate = sub.add_parser("validate", parents=[common], help="check every config; names file, key and reason for each problem")
     validate.add_argument("dir", nargs="?")
     validate.set_defaults(func=cmd_validate)
-    sub.add_parser("plan", help="each dataset's due version and whether it is published").set_defaults(func=cmd_plan)
-    submit = sub.add_parser("submit", help="run datasets as AWS Batch jobs and wait for them ([databridge_batch] in luigi.cfg)")
+    sub.add_parser("plan", parents=[common], help="each dataset's due version and whether it is published").set_defaults(func=cmd_plan)
+
+    state = sub.add_parser("status", parents=[common], help="the morning view: each dataset's state, last publish, last failure, next run")
+    state.add_argument("dataset_ids", nargs="*", metavar="DATASET_ID")
+    state.add_argument("--json", action="store_true", help="machine-readable output")
+    state.add_argument("--html", metavar="FILE", help="also write the status page to FILE (atomically)")
+    state.add_argument("--luigid", metavar="URL", help="luigid to ask for running and failed tasks (env DATABRIDGE_LUIGID_URL)")
+    state.set_defaults(func=cmd_status)
+    past = sub.add_parser("history", parents=[common], help="one dataset's versions: rows, seconds, outcomes, failures")
+    past.add_argument("dataset_id", metavar="DATASET_ID")
+    past.add_argument("--limit", type=int, default=30)
+    past.add_argument("--json", action="store_true")
+    past.set_defaults(func=cmd_history)
+    serve = sub.add_parser("serve", parents=[common], help="serve the status page (loopback by default)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1; the page has no authentication)")
+    serve.add_argument("--port", type=int, default=8090, help="port (8090; 0 = any free port)")
+    serve.add_argument("--luigid", metavar="URL", help="luigid to link rows to (env DATABRIDGE_LUIGID_URL)")
+    serve.set_defaults(func=cmd_serve)
+
+    submit = sub.add_parser("submit", parents=[common], help="run datasets as AWS Batch jobs and wait for them ([databridge_batch] in luigi.cfg)")
     submit.add_argument("dataset_ids", nargs="*", metavar="DATASET_ID")
     which = submit.add_mutually_exclusive_group()
     which.add_argument("--all", action="store_true", help="one job per enabled, scheduled dataset")
@@ -144,7 +249,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     submit.add_argument("--deadline", type=float, help="seconds to wait for all jobs (default: timeout x attempts + 1h)")
     submit.add_argument("--poll-interval", type=float, default=2.0, help=argparse.SUPPRESS)
     submit.set_defaults(func=cmd_submit)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.config_dir = getattr(args, "config_dir", None)
+    args.debug = getattr(args, "debug", False)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
@@ -154,9 +265,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except SystemExit:
         raise
-    except Exception as exc:  # a CLI shows one readable line, never a traceback
-        print(f"databridge-luigi {args.command}: {redact_exception(exc)}", file=sys.stderr)
+    except Exception as exc:  # a CLI shows one readable line (two at most), never a traceback unless --debug
+        if args.debug:
+            print(redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__))), file=sys.stderr, end="")
+        print(f"databridge-luigi {args.command}: {_user_message(exc)}", file=sys.stderr)
         return 2
+
+
+def _user_message(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and exc.args:  # KeyError's str() adds quotes around the message
+        return redact(str(exc.args[0]))
+    if isinstance(exc, ConfigError):
+        return redact(str(exc))
+    return redact_exception(exc)
 
 
 if __name__ == "__main__":

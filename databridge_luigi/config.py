@@ -22,7 +22,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator, StrictBool, StrictStr, ValidationError, field_validator
 
 from .schedule import ScheduleError, check_cron
 
@@ -147,6 +147,74 @@ class GeocodeOptions(_Strict):
         return value
 
 
+# --- ArcGIS Online (issue 13): the ago: and on_published: blocks ------------------------------------------
+
+_AGO_ITEM_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class AgoOptions(BaseModel):
+    """Where and how a dataset is published to ArcGIS Online (``upload_to_ago: true``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    conn: str = "ago"
+    item: str | None = None  # item id of the layer readers use (swap: the view; upsert/truncate_append: the layer)
+    layer: int = Field(default=0, ge=0)
+    mode: Literal["swap", "upsert", "truncate_append"] = "swap"
+    sources: list[StrictStr] = []  # swap: item ids of the two source layers the view alternates between
+    primary_key: list[StrictStr] = []  # upsert: key columns (default: the dataset's primary_key)
+    batch_size: int = Field(default=500, ge=1, le=2000)
+    html_text: Literal["fail", "clean"] = "fail"
+    lease_minutes: float = Field(default=30, gt=0)
+
+    @field_validator("item")
+    @classmethod
+    def _item(cls, value: str | None) -> str | None:
+        if value is not None and not _AGO_ITEM_ID.match(value):
+            raise ValueError(f"{value!r} is not an ArcGIS item id (32 lower-case hex characters)")
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not _AGO_ITEM_ID.match(item):
+                raise ValueError(f"{item!r} is not an ArcGIS item id (32 lower-case hex characters)")
+        return value
+
+    @field_validator("primary_key")
+    @classmethod
+    def _keys(cls, value: list[str]) -> list[str]:
+        return [v.lower() for v in value]
+
+    @model_validator(mode="after")
+    def _mode(self) -> "AgoOptions":
+        if self.item is None:
+            raise ValueError("item is required (the item id of the layer, or of the view in swap mode)")
+        if self.mode == "swap" and (len(self.sources) != 2 or len(set(self.sources)) != 2 or self.item in self.sources):
+            raise ValueError("swap mode needs sources: the item ids of two different source layers behind the view")
+        if self.mode != "swap" and self.sources:
+            raise ValueError(f"sources is only for swap mode, not {self.mode}")
+        return self
+
+
+class OnPublished(BaseModel):
+    """A webhook told about every publish that changed data."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str | None = None
+    conn: str | None = None  # or a named connection holding the URL (when it carries a secret)
+
+    @model_validator(mode="after")
+    def _one(self) -> "OnPublished":
+        if (self.url is None) == (self.conn is None):
+            raise ValueError("give exactly one of url or conn")
+        if self.url is not None and not re.match(r"^https?://", self.url):
+            raise ValueError(f"{self.url!r} is not an http(s) URL")
+        return self
+
+
 class DatasetFile(_Strict):
     """The keys a dataset YAML file may hold."""
 
@@ -154,7 +222,9 @@ class DatasetFile(_Strict):
     # Strict: YAML "schedule_interval: 0" is an integer and must not pass as false (manual).
     schedule_interval: StrictStr | StrictBool | None = None
     upload_to_carto: StrictBool = True
-    upload_to_ago: Any = None  # placeholder in the old system; ignored
+    upload_to_ago: Any = None  # the old system's placeholder; true (with an ago: block) publishes to ArcGIS Online
+    ago: AgoOptions | None = None
+    on_published: OnPublished | None = None
     carto_users: list[str] | None = None
     indexes: list[str] = []
     carto_conn_id: str | None = None
@@ -268,6 +338,8 @@ class Dataset:
     knack_object_id: int | None = None
     airtable_base: str | None = None
     geocode: GeocodeOptions | None = None
+    ago: AgoOptions | None = None  # set only when upload_to_ago is true
+    on_published: OnPublished | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -290,6 +362,7 @@ def load_datasets(root: str | os.PathLike[str], default_carto_conn: str = DEFAUL
     if not root.is_dir():
         return [], [ConfigProblem(str(root), "-", "config directory does not exist")]
     seen: dict[str, str] = {}
+    tables: dict[tuple[str, str, str], Dataset] = {}
     for path in sorted(_config_files(root)):
         try:
             dataset = _load_file(root, path, default_carto_conn)
@@ -299,9 +372,31 @@ def load_datasets(root: str | os.PathLike[str], default_carto_conn: str = DEFAUL
         if dataset.id in seen:
             problems.append(ConfigProblem(str(path), "-", f"duplicate dataset id {dataset.id!r} (also {seen[dataset.id]})"))
             continue
+        if dataset.publish:  # two datasets swapping one table would each be "published" while it holds one
+            where = (dataset.dest_conn, dataset.dest_schema or "", dataset.dest_table)
+            other = tables.get(where)
+            if other is not None:
+                problems.append(ConfigProblem(str(path), "destination.table", f"{dataset.dest_conn}:{(dataset.dest_schema + '.') if dataset.dest_schema else ''}"
+                                              f"{dataset.dest_table} is also written by {other.id} ({other.path}); give one a destination.table"))
+                continue
+            tables[where] = dataset
         seen[dataset.id] = str(path)
         datasets.append(dataset)
     return datasets, problems
+
+
+def dataset_id_for(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> str | None:
+    """The dataset id a config file at ``path`` stands for (from its place in the tree), or None."""
+    try:
+        kind, *parts = Path(path).relative_to(root).parts
+    except ValueError:
+        return None
+    table = Path(path).name.split(".", 1)[0]
+    if kind == "knack" and len(parts) == 3:
+        return f"{parts[1]}__{table}__{parts[0]}"
+    if kind in KINDS and kind != "knack" and len(parts) == 2:
+        return f"{parts[0]}__{table}"
+    return None
 
 
 def _config_files(root: Path) -> list[Path]:
@@ -422,6 +517,8 @@ def _build_dataset(where: str, kind: str, dept: str, table: str, env: str | None
                 problems.append(ConfigProblem(where, "geocode.fields", f"{unknown[0]!r} is not a census field (one of {', '.join(GEOCODE_CENSUS_FIELDS)})"))
             if geocode.srid != 4326:
                 problems.append(ConfigProblem(where, "geocode.srid", "the census geocoder answers in lon/lat: srid must be 4326"))
+    if spec.upload_to_ago is True and spec.ago is None:
+        problems.append(ConfigProblem(where, "ago", "required when upload_to_ago is true (item, mode, and sources for swap mode)"))
     if spec.schema_override:
         problems += _schema_override_problems(where, spec.schema_override)
     if spec.load_mode == "merge" and not spec.primary_key:
@@ -463,18 +560,39 @@ def _build_dataset(where: str, kind: str, dept: str, table: str, env: str | None
         knack_object_id=spec.knack_object_id,
         airtable_base=spec.source.base,
         geocode=spec.geocode,
+        ago=spec.ago if spec.upload_to_ago is True else None,
+        on_published=spec.on_published,
     )
 
 
 class Registry:
-    """The datasets of one config tree, loaded once; unknown ids and invalid trees raise clear errors."""
+    """The datasets of one config tree, loaded once. A broken file breaks only its own dataset: the valid
+    datasets are all there, ``problems`` lists the rest (``strict=True`` raises them all instead, as
+    ``validate`` reports them); asking for a broken or unknown dataset raises a clear error."""
 
-    def __init__(self, root: str | os.PathLike[str], default_carto_conn: str = DEFAULT_CARTO_CONN):
+    def __init__(self, root: str | os.PathLike[str], default_carto_conn: str = DEFAULT_CARTO_CONN, strict: bool = False):
         self.root = Path(root)
         datasets, problems = load_datasets(self.root, default_carto_conn)
-        if problems:
+        if strict and problems:
             raise ConfigError(problems)
+        self.problems = problems
         self._by_id = {d.id: d for d in datasets}
+
+    def broken_files(self) -> dict[str, list[ConfigProblem]]:
+        """Each broken config file (or the root, when it is missing) and its problems, in file order."""
+        files: dict[str, list[ConfigProblem]] = {}
+        for problem in self.problems:
+            files.setdefault(problem.path, []).append(problem)
+        return files
+
+    def broken_ids(self) -> dict[str, list[ConfigProblem]]:
+        """Dataset id → the problems of its file, for the broken files whose place names a dataset."""
+        found: dict[str, list[ConfigProblem]] = {}
+        for path, problems in self.broken_files().items():
+            dataset_id = dataset_id_for(self.root, path)
+            if dataset_id and dataset_id not in self._by_id:
+                found.setdefault(dataset_id, []).extend(problems)
+        return found
 
     def __iter__(self):
         return iter(self._by_id.values())
@@ -486,6 +604,9 @@ class Registry:
         try:
             return self._by_id[dataset_id]
         except KeyError:
+            broken = self.broken_ids().get(dataset_id)
+            if broken:
+                raise ConfigError(broken) from None
             close = difflib.get_close_matches(dataset_id, list(self._by_id), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise KeyError(f"no dataset {dataset_id!r} in {self.root}{hint}") from None

@@ -12,12 +12,13 @@ import logging
 import time
 from datetime import datetime, timezone
 from functools import lru_cache
+from pathlib import Path
 
 import luigi
 
-from .config import Dataset, Registry, default_config_dir
+from .config import ConfigError, ConfigProblem, Dataset, Registry, dataset_id_for, default_config_dir
 from .connections import redact, redact_exception, redacted_traceback, resolve, retry_if_rotated
-from . import notify
+from . import notify, runs
 from .luigi_defaults import check_scheduler
 from .publish import transports
 from .publish.protocol import Loader, LoadResult
@@ -63,26 +64,43 @@ class DatasetTask(luigi.Task):
         return registry().get(str(self.dataset_id))
 
     def status(self, message: str, percent: float | None = None, force: bool = True) -> None:
-        """Show progress in luigid; throttled because every update is an RPC."""
+        """Show progress in luigid, prefixed with the dataset id (luigid lists tasks, not datasets);
+        throttled because every update is an RPC."""
         now = time.monotonic()
         if not force and now - self._last_status < 2.0:
             return
         self._last_status = now
-        self.set_status_message(redact(message))
+        self._keep_reporter()
+        prefix = f"{self.dataset_id}: "
+        self.set_status_message(redact(message if message.startswith(prefix) else prefix + message))
         if percent is not None:
             self.set_progress_percentage(min(100, round(percent)))
+
+    def _keep_reporter(self) -> None:
+        # luigi forwards set_status_message only while run() runs; on_failure needs it afterwards.
+        if getattr(self, "set_status_message", None) is not None:
+            self._status_reporter = self.set_status_message
 
     def show_log_link(self) -> None:
         """luigid's tracking URL while the task runs: the Batch job's page (it links the CloudWatch log
         stream) or the DATABRIDGE_LOG_URL template. luigi only forwards set_tracking_url inside run()."""
         link = notify.log_link({"dataset_id": str(self.dataset_id), "version": str(self.version),
                                 "step": self.get_task_family(), "task_id": str(self.task_id)})
+        self._keep_reporter()
         if link and self.set_tracking_url is not None:
             self.set_tracking_url(redact(link))
 
     def on_failure(self, exception: BaseException) -> str:
-        # What luigid shows and stores: redacted, like every log line.
-        return redacted_traceback(exception)
+        # What luigid shows and stores, redacted like every log line: the one-line error first (also the
+        # task's status message, in place of its last progress message), then the traceback.
+        line = f"{self.dataset_id}: {self.get_task_family()} failed: {runs.error_line(exception)}"
+        reporter = getattr(self, "_status_reporter", None)
+        if reporter is not None:
+            try:
+                reporter(line)
+            except Exception:  # luigid unreachable: the failure itself still reaches it with the worker's report
+                pass
+        return f"{line}\n\n{redacted_traceback(exception)}"
 
 
 class Extract(DatasetTask):
@@ -222,8 +240,11 @@ class PublishAll(luigi.WrapperTask):
     def datasets(self) -> list[Dataset]:
         return [d for d in registry() if d.enabled and d.schedule is not None]
 
-    def requires(self) -> list[Publish]:
-        return [Publish(dataset_id=d.id) for d in self.datasets()]
+    def requires(self) -> list[luigi.Task]:
+        # A broken config file is a failed item of its own; every valid dataset is still published.
+        broken = [BrokenConfig(path=path, dataset_id=dataset_id_for(registry().root, path) or Path(path).name)
+                  for path in registry().broken_files()]
+        return [Publish(dataset_id=d.id) for d in self.datasets()] + broken
 
     def complete(self) -> bool:
         started = time.monotonic()
@@ -239,7 +260,26 @@ class PublishAll(luigi.WrapperTask):
         return not pending
 
 
-def _complete_or_unknown(task: Publish) -> bool:
+class BrokenConfig(luigi.Task):
+    """A config file that does not validate: the failed item that stands for its dataset in ``PublishAll``
+    (file, key and reason in luigid, the log and one Slack alert), so the other datasets are published."""
+
+    path = luigi.Parameter(description="the config file (or the config directory, when it is missing)")
+    dataset_id = luigi.Parameter(description="the dataset the file stands for, or its file name")
+    version = "-"
+
+    def complete(self) -> bool:
+        return False
+
+    def run(self) -> None:
+        problems = registry().broken_files().get(str(self.path)) or [ConfigProblem(str(self.path), "-", "config problem")]
+        raise ConfigError(problems)
+
+    def on_failure(self, exception: BaseException) -> str:
+        return f"broken config: {redact(str(exception))}"
+
+
+def _complete_or_unknown(task: luigi.Task) -> bool:
     """A dataset whose completion cannot be checked (its destination is down) counts as pending, so luigi
     schedules it and reports its own error, instead of one broken destination stopping every dataset."""
     try:
@@ -255,6 +295,40 @@ def _forget_snapshot(task: luigi.Task) -> None:
         published_versions.clear()
 
 
+@BrokenConfig.event_handler(luigi.Event.FAILURE)
 @DatasetTask.event_handler(luigi.Event.FAILURE)
 def _alert_slack(task: DatasetTask, exception: BaseException) -> None:
     notify.on_failure(task, exception)  # the webhook is looked up only now, never at import
+
+
+# --- run records: what `databridge-luigi status` reads without luigid (runs.py) ---------------------------
+
+def _run_store():  # type: ignore[no-untyped-def]
+    return open_store(str(databridge().staging) or None)
+
+
+@DatasetTask.event_handler(luigi.Event.PROCESSING_TIME)
+def _remember_seconds(task: DatasetTask, seconds: float) -> None:
+    task._seconds = float(seconds)
+
+
+@DatasetTask.event_handler(luigi.Event.SUCCESS)
+def _record_done(task: DatasetTask) -> None:
+    try:
+        final = isinstance(task, Load) or not registry().get(str(task.dataset_id)).publish
+    except Exception:
+        final = False
+    if final:  # the step that finishes a publish (or a stage-only dataset)
+        runs.record(_run_store(), runs.new(str(task.dataset_id), task.get_task_family(), str(task.version), "done",
+                                           seconds=getattr(task, "_seconds", None), task_id=str(task.task_id)))
+
+
+@DatasetTask.event_handler(luigi.Event.FAILURE)
+def _record_failure(task: DatasetTask, exception: BaseException) -> None:
+    try:
+        link = notify.log_link({"dataset_id": str(task.dataset_id), "version": str(task.version),
+                                "step": task.get_task_family(), "task_id": str(task.task_id)})
+        runs.record(_run_store(), runs.new(str(task.dataset_id), task.get_task_family(), str(task.version), "failed",
+                                           error=runs.error_line(exception), task_id=str(task.task_id), log_url=link))
+    except Exception as exc:  # e.g. the staging store itself is what failed
+        log.warning("%s: run record not written: %s", task.dataset_id, redact_exception(exc))

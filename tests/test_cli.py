@@ -144,13 +144,46 @@ def test_list_marks_disabled_and_knack(tmp_path):
     assert body["ppr__ppr_days__carto_gsg"] == ["knack", "20 8 * * 2-6", "knack_test:ppr_days", "carto_gsg:ppr_days"]
 
 
-def test_list_refuses_a_broken_tree_without_traceback(tmp_path):
+def test_list_names_a_broken_file_without_traceback(tmp_path):
     result = run("--config-dir", str(BROKEN / "cron_minute_61"), "list", cwd=tmp_path)
     assert result.returncode == 1
-    assert result.stdout == ""
+    assert table_rows(result.stdout) == [["DATASET", "KIND", "SCHEDULE (UTC)", "SOURCE", "DESTINATION"]]
     assert "schedule_interval: not a valid cron expression" in result.stderr
-    assert "1 config problem(s)" in result.stderr
+    assert "1 broken config file(s)" in result.stderr
     assert_no_traceback(result)
+
+
+@pytest.mark.parametrize("command", ["list", "plan", "status"])
+def test_a_broken_file_leaves_the_valid_datasets_listed(tmp_path, command):
+    write(tmp_path, "cfg/databridge/lni/good.yml", "schedule_interval: 4 11 * * *\n" + OK_BODY)
+    write(tmp_path, "cfg/databridge/lni/typo.yml", "schedule_intervall: 4 11 * * *\n" + OK_BODY)
+    env = {"DATABRIDGE_CONN_CARTO_PHL": UNREACHABLE, "DATABRIDGE_STAGING": str(tmp_path / "staging")}
+    result = run(command, "--config-dir", "cfg", cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    assert "lni__good" in result.stdout
+    both = result.stdout + result.stderr
+    assert "cfg/databridge/lni/typo.yml: schedule_intervall: unknown key (did you mean 'schedule_interval'?)" in both
+    assert PASSWORD not in both
+    assert_no_traceback(result)
+
+
+def test_options_after_the_command(tmp_path):
+    before = run("--config-dir", str(EXAMPLES), "list", cwd=tmp_path)
+    after = run("list", "--config-dir", str(EXAMPLES), cwd=tmp_path)
+    assert before.returncode == after.returncode == 0, after.stderr
+    assert before.stdout == after.stdout and "demo__violations" in after.stdout
+    plan = run("plan", "--config-dir", str(EXAMPLES), cwd=tmp_path)
+    assert "demo__violations" in plan.stdout, plan.stderr
+
+
+def test_user_errors_are_one_line_and_debug_adds_the_traceback(tmp_path):
+    env = {"DATABRIDGE_STAGING": str(tmp_path / "staging")}
+    unknown = run("history", "demo__violatons", "--config-dir", str(EXAMPLES), cwd=tmp_path, env=env)
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip().splitlines() == [
+        f"databridge-luigi history: no dataset 'demo__violatons' in {EXAMPLES}; did you mean 'demo__violations'?"]
+    debug = run("history", "demo__violatons", "--config-dir", str(EXAMPLES), "--debug", cwd=tmp_path, env=env)
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
 
 
 def test_no_command_is_a_usage_error(tmp_path):
@@ -176,21 +209,27 @@ def test_plan_with_unreachable_destination(tmp_path, url, password):
     assert_no_traceback(result)
     rows = table_rows(result.stdout)
     assert rows[0] == ["DATASET", "DUE VERSION", "PUBLISHED", "NEXT RUN (UTC)"]
-    assert [row[0] for row in rows[1:]] == ["demo__permit_types", "demo__violations", "demo__zoning_districts"]
-    for row in rows[1:]:
+    assert [row[0] for row in rows[1:4]] == ["demo__permit_types", "demo__violations", "demo__zoning_districts"]
+    body, notes = rows[1:4], rows[4:]
+    for row in body:
         assert len(row) == 4, row
         assert VERSION.match(row[1]), row
-        assert row[2].startswith("unknown (") and row[2].endswith(")"), row
+        assert row[2] == "unknown [1]", row
         assert re.match(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}$", row[3]), row
-    assert {row[1][9:] for row in rows[1:]} == {"150000Z", "060000Z", "050000Z"}
+    assert {row[1][9:] for row in body} == {"150000Z", "060000Z", "050000Z"}
+    # The error is said once, in a footer, not cut off in every row
+    assert notes[0] == ["3 dataset(s) could not be checked:"]
+    assert len(notes) == 2 and notes[1][0].startswith("[1] carto_phl: ")
+    assert max(len(line) for line in result.stdout.splitlines()[:4]) < 100
 
 
 def test_plan_with_no_destination_configured(tmp_path):
     result = run("--config-dir", str(EXAMPLES), "plan", cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     rows = table_rows(result.stdout)[1:]
-    assert len(rows) == 3
-    assert all(row[2].startswith("unknown (UnknownConnectionError") for row in rows)
+    assert len(rows) == 3 + 2
+    assert all(row[2] == "unknown [1]" for row in rows[:3])
+    assert rows[4][0].startswith("[1] carto_phl: UnknownConnectionError: unknown connection 'carto_phl'")
 
 
 def test_plan_manual_disabled_and_stage_only(tmp_path):
@@ -208,7 +247,7 @@ def test_plan_manual_disabled_and_stage_only(tmp_path):
     assert body["lni__switched_off"] == ["-", "disabled", "-"]
     assert body["commerce__koz_parcels"][1] == "due (staging only)"
     assert VERSION.match(body["commerce__koz_parcels"][0])
-    assert body["lni__violations"][1].startswith("unknown (")
+    assert body["lni__violations"][1] == "unknown [1]"
 
 
 def test_validate_rejects_a_cron_that_never_fires(tmp_path):

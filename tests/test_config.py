@@ -377,14 +377,30 @@ def test_registry_get_and_did_you_mean():
     assert "did you mean" not in excinfo.value.args[0]
 
 
-def test_registry_raises_every_problem(tmp_path):
+def test_registry_strict_raises_every_problem(tmp_path):
     write(tmp_path, "databridge/lni/ok.yml", OK_BODY)
     write(tmp_path, "databridge/lni/a.yml", "schedule_interval: 61 * * * *\n" + OK_BODY)
     write(tmp_path, "databridge/lni/b.yml", "indexes: address\n" + OK_BODY)
     with pytest.raises(ConfigError) as excinfo:
-        Registry(tmp_path)
+        Registry(tmp_path, strict=True)
     assert sorted(Path(p.path).name for p in excinfo.value.problems) == ["a.yml", "b.yml"]
     assert len(str(excinfo.value).splitlines()) == 2
+
+
+def test_registry_a_broken_file_breaks_only_its_dataset(tmp_path):
+    write(tmp_path, "databridge/lni/ok.yml", OK_BODY)
+    write(tmp_path, "databridge/lni/a.yml", "schedule_interval: 61 * * * *\n" + OK_BODY)
+    write(tmp_path, "knack/carto_gsg/ppr/days.yml", "knack_object_id: 0\n" + OK_BODY)
+    write(tmp_path, "databridge/flat.yml", OK_BODY)
+    registry = Registry(tmp_path)
+    assert [d.id for d in registry] == ["lni__ok"]
+    assert sorted(Path(p).name for p in registry.broken_files()) == ["a.yml", "days.yml", "flat.yml"]
+    assert sorted(registry.broken_ids()) == ["lni__a", "ppr__days__carto_gsg"]  # flat.yml names no dataset
+    with pytest.raises(ConfigError) as excinfo:
+        registry.get("lni__a")
+    assert str(excinfo.value) == f"{tmp_path / 'databridge/lni/a.yml'}: schedule_interval: not a valid cron expression: '61 * * * *'"
+    with pytest.raises(KeyError, match="no dataset 'lni__b'"):
+        registry.get("lni__b")
 
 
 # --- the broken-config corpus -------------------------------------------------------------------------------
@@ -429,6 +445,7 @@ BROKEN_CASES: dict[str, tuple[str | re.Pattern, str]] = {
     "knack_wrong_depth": ("-", r"not at knack/<carto_env>/<dept>/<table>\.yml"),
     "duplicate_id": ("-", r"duplicate dataset id 'lni__duplicate_id' \(also .*duplicate_id\.ya?ml\)"),
     "duplicate_key": ("line 3, column 1", r"key .upload_to_carto. appears twice"),
+    "destination_table_twice": ("destination.table", r"carto_phl:twice_target is also written by lni__destination_table_twice \(.*destination_table_twice\.yml\)"),
     "schema_override_missing": ("schema_override", r"'schemas/missing\.json' not found"),
     "schema_override_outside": ("schema_override", r"must be a path inside the config's directory"),
     "schema_override_injection": ("schema_override", r"schemas/injection\.json: column 'code': .* is not a type name"),
@@ -465,8 +482,8 @@ def test_broken_config_is_reported(case):
     assert problem.key == key
     assert re.search(reason, problem.reason, re.I), problem.reason
     assert str(problem) == f"{problem.path}: {problem.key}: {problem.reason}"
-    if case == "duplicate_id":  # one of the two files still loads
-        assert [d.id for d in datasets] == ["lni__duplicate_id"]
+    if case in ("duplicate_id", "destination_table_twice"):  # one of the two files still loads
+        assert [d.id for d in datasets] == [f"lni__{case}"]
         assert any(f in problem.reason for f in files if f != problem.path)
     else:
         assert datasets == []
@@ -486,7 +503,7 @@ def test_load_datasets_reports_every_broken_file_at_once(tmp_path):
     got = {(str(Path(p.path).relative_to(tmp_path)), p.key, p.reason.replace(str(tmp_path), "<root>")) for p in problems}
     assert got == expected
     assert len({path for path, _, _ in got}) >= 30  # dozens of files, each named, from one call
-    assert {"lni__violations", "ppr__ppr_facilities__carto_gsg", "lni__duplicate_id"} <= {d.id for d in datasets}
+    assert {"lni__violations", "ppr__ppr_facilities__carto_gsg", "lni__duplicate_id", "lni__destination_table_twice"} <= {d.id for d in datasets}
 
 
 def test_upper_case_yml_suffix_is_loaded(tmp_path):

@@ -85,3 +85,87 @@ def test_no_scheduler_fails_in_seconds_with_a_hint(demo):
     assert "--local-scheduler" in result.stderr and "scripts/luigid.sh" in result.stderr
     assert len(result.stderr.splitlines()) <= 3, result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- 2 and 5. a broken file among good ones; the morning view ----------------------------------------------
+
+SCRIPT = str(BIN / "databridge-luigi")
+MISSING_SOURCE = "schedule_interval: 0 6 * * *\nupload_to_carto: true\ncarto_users: []\nsource: {schema: main, table: no_such_table}\n"
+BAD_CRON = "schedule_interval: 61 * * * *\nupload_to_carto: true\ncarto_users: []\n"
+
+
+def cli(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([SCRIPT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture()
+def morning(demo, tmp_path):
+    """The examples plus a dataset whose source table is missing and a file with a bad cron, after one
+    PublishAll run with the local scheduler (as under cron): three published, one failed, one broken."""
+    import shutil
+
+    env, elsewhere, dest = demo
+    configs = tmp_path / "cfg"
+    shutil.copytree(EXAMPLES, configs)
+    (configs / "databridge/demo/missing_source.yml").write_text(MISSING_SOURCE)
+    (configs / "databridge/demo/bad_cron.yml").write_text(BAD_CRON)
+    env = dict(env, DATABRIDGE_CONFIG_DIR=str(configs))
+    run = luigi(elsewhere, env, "PublishAll", "--local-scheduler")
+    return env, elsewhere, dest, configs, run
+
+
+def test_publish_all_publishes_every_valid_dataset_despite_a_broken_file(morning):
+    env, elsewhere, dest, configs, run = morning
+    assert run.returncode == 30, run.stderr[-3000:]  # failed items: the missing source and the broken file
+    import psycopg
+
+    with psycopg.connect(dest) as conn:
+        published = sorted(r[0] for r in conn.execute("SELECT dataset_id FROM databridge_luigi_publications"))
+    assert published == ["demo__permit_types", "demo__violations", "demo__zoning_districts"]
+    assert f"{configs}/databridge/demo/bad_cron.yml: schedule_interval: not a valid cron expression" in run.stderr
+    assert "BrokenConfig(" in run.stderr  # a failed item of its own in luigi's summary
+
+
+def test_status_shows_fresh_failing_and_broken_and_exits_non_zero(morning):
+    import json
+
+    env, elsewhere, dest, configs, run = morning
+    result = cli(elsewhere, env, "status", "--json")
+    assert result.returncode == 1, result.stderr
+    rows = {r["dataset_id"]: r for r in json.loads(result.stdout)["datasets"]}
+    assert {k: v["state"] for k, v in rows.items()} == {
+        "demo__permit_types": "fresh", "demo__violations": "fresh", "demo__zoning_districts": "fresh",
+        "demo__missing_source": "failing", "demo__bad_cron": "broken config"}
+    violations = rows["demo__violations"]
+    assert violations["rows"] == 50 and violations["changed"] is True and violations["last_version"] == violations["due_version"]
+    assert violations["seconds"] is not None and violations["seconds"] > 0
+    assert violations["next_due"] > violations["published_at"]
+    failure = rows["demo__missing_source"]["last_failure"]
+    assert failure["step"] == "Extract" and "no_such_table" in failure["error"] and "\n" not in failure["error"]
+    assert "schedule_interval" in rows["demo__bad_cron"]["problem"]
+    assert dest.rsplit("@", 1)[0] not in result.stdout  # no connection URL
+
+    text = cli(elsewhere, env, "status")
+    assert text.returncode == 1
+    lines = text.stdout.splitlines()
+    assert lines[0].split()[:2] == ["DATASET", "STATE"]
+    assert any(line.startswith("demo__missing_source") and " failing " in line and "Extract [" in line for line in lines)
+    assert "5 dataset(s): 1 broken config, 1 failing, 3 fresh" in text.stdout
+    assert max(len(line) for line in lines if not line.startswith("[")) < 160
+
+    one = cli(elsewhere, env, "status", "demo__violations")
+    assert one.returncode == 0 and "demo__violations" in one.stdout and "demo__missing_source" not in one.stdout
+
+
+def test_history_lists_versions_and_failures(morning):
+    env, elsewhere, dest, configs, run = morning
+    forced = luigi(elsewhere, env, "Publish", "--dataset-id", "demo__violations", "--force", "--local-scheduler")
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    result = cli(elsewhere, env, "history", "demo__violations")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "demo__violations: 2 run(s)"
+    assert [line.split()[3] for line in lines[2:]] == ["published", "published"]
+    assert all(" 50 " in line for line in lines[2:])
+    failed = cli(elsewhere, env, "history", "demo__missing_source")
+    assert failed.returncode == 0 and "failed at Extract" in failed.stdout and "no_such_table" in failed.stdout

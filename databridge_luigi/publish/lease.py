@@ -39,6 +39,7 @@ class Holder:
     pid: int
     since: str
     until: str
+    identity: str = ""
 
     def __str__(self) -> str:
         return f"run {self.run_id[:12]}, host {self.host} pid {self.pid}, since {self.since} UTC, lease until {self.until} UTC"
@@ -46,6 +47,42 @@ class Holder:
 
 def new_run_id() -> str:
     return uuid.uuid4().hex
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of a process (clock ticks since boot), or None when there is no such process:
+    with the pid it names one process for good, even after the pid is reused."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        return fields[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return "-"
+
+
+def process_identity(pid: int | None = None) -> str:
+    """``<hostname>|<pid namespace>|<pid>|<start ticks>``: enough to tell, on the same machine, that a lease's
+    holder is dead — and never to mistake another container's (or a reused pid's) process for it."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}|{_pid_namespace()}|{pid}|{_process_start(pid) or '-'}"
+
+
+def holder_is_dead_here(identity: str) -> bool:
+    """True only when the holder ran on this host, in this pid namespace, and that process no longer exists."""
+    try:
+        host, namespace, pid, started = identity.split("|")
+    except ValueError:
+        return False
+    if host != socket.gethostname() or namespace != _pid_namespace() or namespace == "-" or started == "-":
+        return False
+    return _process_start(int(pid)) != started
 
 
 class Lease:
@@ -87,6 +124,11 @@ class Lease:
             holder = self.holder()
             if holder is None:  # released between the two statements: try again at once
                 continue
+            if holder_is_dead_here(holder.identity):
+                log.warning("%s: the lease holder on %s (%s) is a process of this machine that no longer exists; taking over",
+                            self.dataset_id, self._key, holder)
+                self._expire(holder.run_id)
+                continue
             if time.monotonic() >= deadline:
                 raise LeaseHeld(f"{self.dataset_id}: another load of {self.dataset_id} is running ({holder}) on "
                                 f"{self._key}; gave up after waiting {wait_seconds:.0f}s")
@@ -97,27 +139,32 @@ class Lease:
     def _take_statement(self) -> str:
         lease = self._lease_table
         values = ", ".join([sql.literal(self._key), sql.literal(self.dataset_id), sql.literal(self.run_id),
-                            sql.literal(socket.gethostname()[:200]), sql.literal(os.getpid()), sql.literal(self.shadow)])
+                            sql.literal(socket.gethostname()[:200]), sql.literal(os.getpid()), sql.literal(process_identity()),
+                            sql.literal(self.shadow)])
         # The CTE reads (and row-locks) the previous holder, so a takeover learns which dead shadow to drop.
         return (
             f"WITH previous AS (SELECT run_id, shadow FROM {lease} WHERE table_name = {sql.literal(self._key)} FOR UPDATE) "
-            f"INSERT INTO {lease} AS l (table_name, dataset_id, run_id, host, pid, shadow, acquired_at, expires_at) "
+            f"INSERT INTO {lease} AS l (table_name, dataset_id, run_id, host, pid, identity, shadow, acquired_at, expires_at) "
             f"VALUES ({values}, clock_timestamp(), clock_timestamp() + {self._interval()}) "
             "ON CONFLICT (table_name) DO UPDATE SET dataset_id = EXCLUDED.dataset_id, run_id = EXCLUDED.run_id, "
-            "host = EXCLUDED.host, pid = EXCLUDED.pid, shadow = EXCLUDED.shadow, acquired_at = EXCLUDED.acquired_at, "
+            "host = EXCLUDED.host, pid = EXCLUDED.pid, identity = EXCLUDED.identity, shadow = EXCLUDED.shadow, acquired_at = EXCLUDED.acquired_at, "
             "expires_at = EXCLUDED.expires_at WHERE l.expires_at < clock_timestamp() "
             "RETURNING l.run_id, (SELECT run_id FROM previous) AS previous_run, (SELECT shadow FROM previous) AS previous_shadow"
         )
 
+    def _expire(self, run_id: str) -> None:
+        self.runner.query(f"UPDATE {self._lease_table} SET expires_at = clock_timestamp() - interval '1 second' "
+                          f"WHERE table_name = {sql.literal(self._key)} AND run_id = {sql.literal(run_id)}")
+
     def holder(self) -> Holder | None:
         rows = self.runner.query(
-            f"SELECT run_id, host, pid, to_char(acquired_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') AS since, "
+            f"SELECT run_id, host, pid, identity, to_char(acquired_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') AS since, "
             f"to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') AS until FROM {self._lease_table} "
             f"WHERE table_name = {sql.literal(self._key)}")
         if not rows:
             return None
         row = rows[0]
-        return Holder(str(row["run_id"]), str(row["host"]), int(row["pid"]), str(row["since"]), str(row["until"]))
+        return Holder(str(row["run_id"]), str(row["host"]), int(row["pid"]), str(row["since"]), str(row["until"]), str(row["identity"]))
 
     # --- keeping it -----------------------------------------------------------------------------------
 

@@ -76,7 +76,7 @@ def create_lease_table(schema: str) -> str:
     return (
         f"CREATE TABLE IF NOT EXISTS {qualified(schema, LEASE_TABLE)} ("
         "table_name text PRIMARY KEY, dataset_id text NOT NULL, run_id text NOT NULL, host text NOT NULL, "
-        "pid integer NOT NULL, shadow text NOT NULL, acquired_at timestamptz NOT NULL, expires_at timestamptz NOT NULL)"
+        "pid integer NOT NULL, identity text NOT NULL, shadow text NOT NULL, acquired_at timestamptz NOT NULL, expires_at timestamptz NOT NULL)"
     )
 
 

@@ -165,7 +165,10 @@ def test_copy_is_gzip_chunked_raw_body_with_header_csv(pipeline, emu):
     assert copy.header("Content-Encoding") == "gzip"
     assert copy.header("Transfer-Encoding") == "chunked" and copy.header("Content-Length") is None
     assert copy.header("Content-Type") == "application/octet-stream"
-    assert copy.query["q"].startswith('COPY "phl"."violations__shadow"') and "HEADER true" in copy.query["q"]
+    assert copy.query["q"].startswith('COPY "phl"."violations__shadow') and "HEADER true" in copy.query["q"]
+    # the key travels as HTTP Basic auth on every endpoint, never in a URL or a body
+    assert copy.header("Authorization") == "Basic ***"
+    assert all("api_key" not in r.query and r.credentials == "basic" and r.api_key == PHL_KEY for r in emu.requests)
     # SQL API calls carry the key in the form body, never in the URL.
     assert all("api_key" not in r.query for r in emu.requests if r.group == "query")
 
@@ -234,7 +237,7 @@ def test_api_key_never_in_failure_text_or_logs(pipeline, emu, monkeypatch, failu
     text = "\n".join(failures) + caplog.text + "".join(r.exc_text or "" for r in caplog.records)
     assert failures and "server error 503" in text
     assert "copyfrom" in text  # the requests were logged (urllib3 debug lines), redacted
-    assert "api_key=***" in text  # urllib3 logged the COPY URL, with the key masked
+    assert "api_key" not in text  # the key is in the Authorization header, so no logged URL holds it
     assert PHL_KEY not in text and PHL_KEY not in repr(CartoTransport("carto_phl", emu.connection_url("phl")))
 
 
@@ -331,12 +334,83 @@ def test_transaction_is_one_call_and_rolls_back_as_a_whole(transport, emu, carto
     assert db(carto_db, "SELECT count(*) FROM phl.t_tx")[0][0] == 2
 
 
+def test_default_schema_is_the_accounts_current_schema(transport, emu):
+    assert transport.default_schema == "phl"  # an organization member: search_path "phl", cartodb, public
+    emu.clear_requests()
+    assert transport.default_schema == "phl"
+    assert not emu.requests  # asked once per transport
+    override = CartoTransport("carto_phl", emu.connection_url("phl") + "?schema=elsewhere")
+    assert override.default_schema == "elsewhere" and not emu.requests
+
+
+def test_a_long_transaction_runs_again_as_one_batch_job(transport, emu, carto_db):
+    """A transaction that passed the SQL API's statement timeout was rolled back whole; it goes as one Batch job."""
+    transport.query("CREATE TABLE t_long (a int); INSERT INTO t_long VALUES (0)")
+    emu.clear_requests()
+    emu.inject("query", "statement_timeout", times=1, match="BEGIN")
+    monkey_poll = carto.JOB_POLL_INITIAL
+    carto.JOB_POLL_INITIAL = 0.05
+    try:
+        transport.transaction(["SET LOCAL lock_timeout = '2s'", "DELETE FROM t_long", "INSERT INTO t_long VALUES (1), (2)",
+                               "DO $$ BEGIN IF (SELECT count(*) FROM t_long) <> 2 THEN RAISE EXCEPTION 'bad'; END IF; END $$"])
+        assert db(carto_db, "SELECT array_agg(a ORDER BY a) FROM phl.t_long")[0][0] == [1, 2]
+        assert [r.group for r in emu.requests][:2] == ["query", "job_create"]
+        with pytest.raises(CartoError, match="Batch SQL job .* failed: fenced out"):
+            emu.inject("query", "statement_timeout", times=1, match="BEGIN")
+            transport.transaction(["DELETE FROM t_long", "DO $$ BEGIN RAISE EXCEPTION 'fenced out'; END $$"])
+        assert db(carto_db, "SELECT count(*) FROM phl.t_long")[0][0] == 2
+    finally:
+        carto.JOB_POLL_INITIAL = monkey_poll
+
+
+@pytest.fixture(scope="module")
+def solo_emu() -> Iterator[CartoEmulator]:
+    """A non-organization account (its own database; tables in public), like the City's phl.carto.com."""
+    dsn = create_postgis_database("dbl_carto_solo")
+    try:
+        with CartoEmulator(dsn, {"phl": PHL_KEY}, non_organization=["phl"]) as server:
+            yield server
+    finally:
+        drop_database(dsn)
+
+
+def test_a_non_organization_account_publishes_to_public(tmp_path, monkeypatch, postgis_dsn, solo_emu):
+    """carto://phl:KEY on a non-organization account: the tables live in public, not in a schema named phl
+    (which the genuine server answered with 400 schema "phl" does not exist)."""
+    at(monkeypatch, "2026-11-24T12:00:00")
+    pipeline = Pipeline(tmp_path, postgis_dsn, solo_emu.connection_url("phl"), monkeypatch)
+    publish_once(pipeline, 40)
+    with psycopg.connect(solo_emu_dsn(solo_emu), autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM public.violations").fetchone()[0] == 40
+        assert conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                            "WHERE attrelid = 'public.violations'::regclass AND attname = 'cartodb_id'").fetchone()[0] == "bigint"
+        triggers = {r[0] for r in conn.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = 'public.violations'::regclass "
+                                               "AND NOT tgisinternal").fetchall()}
+        assert triggers == {"track_updates", "update_the_geom_webmercator_trigger", "test_quota", "test_quota_per_row"}
+        assert conn.execute("SELECT count(*) FROM public.databridge_luigi_publications").fetchone()[0] == 1
+        assert conn.execute("SELECT to_regnamespace('phl')").fetchone()[0] is None
+        table_oid = conn.execute("SELECT 'public.violations'::regclass::oid").fetchone()[0]
+    # The next day's version replaces the rows in place through the triggers of the cartodbfied table
+    pipeline.source("UPDATE gis_cartot.violations SET fine = fine + 1 WHERE objectid <= 4")
+    at(monkeypatch, "2026-11-25T12:00:00")
+    again = pipeline.run(PublishAll())
+    assert again.ok, again.summary
+    with psycopg.connect(solo_emu_dsn(solo_emu), autocommit=True) as conn:
+        assert conn.execute("SELECT 'public.violations'::regclass::oid").fetchone()[0] == table_oid  # identity kept
+        assert conn.execute("SELECT count(*), count(the_geom_webmercator), sum(fine) FROM public.violations").fetchone()[:2] == (40, 40)
+        assert conn.execute("SELECT count(*) FROM public.databridge_luigi_publications").fetchone()[0] == 2
+
+
+def solo_emu_dsn(emu: CartoEmulator) -> str:
+    return emu._dsn  # the emulator's own database
+
+
 def test_url_forms():
     parse = carto.parse_url
     assert parse("carto://phl:k-123456")[:2] == ("https://phl.carto.com/api/v2/sql", "phl")
     assert parse("carto://phl:k-123456@carto.city.gov/user/phl/")[0] == "https://carto.city.gov/user/phl/api/v2/sql"
     assert parse("carto+http://phl:k-123456@127.0.0.1:8080/user/phl")[0] == "http://127.0.0.1:8080/user/phl/api/v2/sql"
-    assert parse("carto://phl:k-123456")[3] == "phl"
+    assert parse("carto://phl:k-123456")[3] == ""  # the account's own schema, asked from the server
     assert parse("carto://phl:k-123456@h/user/phl?schema=public")[3] == "public"
     with pytest.raises(CartoConfigError) as raised:
         CartoTransport("carto_bad", "carto://phl-without-key-99@host")

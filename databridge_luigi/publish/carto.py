@@ -6,15 +6,19 @@ URL forms (external-apis.md §1.1):
 * ``carto://USER:API_KEY@HOST[:PORT][/PATH]`` → ``https://HOST[:PORT][/PATH]/api/v2/sql`` (PATH such as
   ``/user/USER`` for organization and on-prem installs)
 * ``carto+http://…`` the same over plain http (tests, emulators); ``carto+https://…`` = ``carto://…``.
-* ``?schema=name`` overrides the default schema, which is the CARTO user name.
+* ``?schema=name`` overrides the default schema, which is the account's own: ``SELECT current_schema()`` on
+  first use (cached per transport). On the genuine server that is ``public`` for a non-organization account
+  and the user name for an organization member (the database role's search_path decides, not the URL).
 
 One ``requests.Session`` per transport, a timeout on every call. Retries (tenacity, bounded, exponential
 backoff): a 429 rate limit waits its ``Retry-After``; 5xx, connection resets and timeouts back off; other
 4xx never retry. A 429 *statement timeout* (no ``Retry-After``) fails at once with a hint.
 
-The API key travels in the form body of SQL requests and in the query string of COPY requests (the COPY
-endpoint does not parse its body); it never appears in an exception, a log line or ``repr``: the key is
-registered with ``connections.redact`` and every message goes through it.
+The API key travels as HTTP Basic auth (user = the CARTO user, password = the key), which the genuine
+server's authorization middleware reads first on every endpoint: SQL, COPY and the Batch SQL API. It is never
+put in a URL (servers and proxies log query strings) nor in a request body; it never appears in an
+exception, a log line or ``repr``: the key is registered with ``connections.redact`` and every message goes
+through it.
 
 COPY retry policy: a COPY request runs as one transaction on the server, so a failed COPY copied nothing
 and the shadow is still empty. A COPY is therefore re-sent, streaming again from staging, after a 429
@@ -25,6 +29,7 @@ read timeout, where the server may still be copying. Should a retry ever follow 
 """
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from collections.abc import Iterator
@@ -104,7 +109,7 @@ def parse_url(url: str) -> tuple[str, str, str, str]:
     host = hostport or f"{quote(user, safe='')}.carto.com"
     path = parts.path.rstrip("/") if hostport else ""
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    schema = query.get("schema") or user
+    schema = query.get("schema") or ""  # "": the account's own, asked from the server on first use
     return f"{http}://{host}{path}/api/v2/sql", user, key, schema
 
 
@@ -132,16 +137,38 @@ def _message(response: requests.Response) -> str:
 class CartoTransport:
     """The Transport protocol over CARTO's SQL API (``/api/v2/sql``) and COPY API (``/sql/copyfrom``)."""
 
+    # Written by CARTO itself: cartodb_id from the live table's sequence (merge keeps a row's id; apps link
+    # to it), the_geom_webmercator by cartodbfy's trigger. Loads never copy them from the shadow.
+    managed_columns: tuple[str, ...] = ("cartodb_id", "the_geom_webmercator")
+    own_triggers: tuple[str, ...] = ("track_updates", "test_quota", "test_quota_per_row", "update_the_geom_webmercator_trigger")
+
     def __init__(self, name: str, url: str):
         self.name = name
         try:
-            self._endpoint, self.user, self._api_key, self.default_schema = parse_url(url)
+            self._endpoint, self.user, self._api_key, self._schema = parse_url(url)
         except ValueError as exc:
             raise CartoConfigError(f"connection {name!r}: bad CARTO URL: {exc}") from None
         self._path = urlsplit(self._endpoint).path
         self._origin = self._endpoint[: len(self._endpoint) - len(self._path)]  # scheme://host[:port]: no key in it
         self._session = requests.Session()
         self._session.headers["User-Agent"] = "databridge-luigi"
+        # Basic auth on every request (SQL, COPY, Batch): the key stays out of URLs and bodies. The header's
+        # base64 form is a secret too.
+        self._session.auth = (self.user, self._api_key)
+        register_secret(base64.b64encode(f"{self.user}:{self._api_key}".encode()).decode())
+
+    @property
+    def default_schema(self) -> str:
+        """The schema tables go to unless a dataset names one: ``?schema=`` in the URL, else the account's own
+        (``current_schema()``: ``public`` for a non-organization account, the user name in an organization)."""
+        if not self._schema:
+            rows = self.query("SELECT current_schema() AS schema")
+            schema = rows[0].get("schema") if rows else None
+            if not isinstance(schema, str) or not schema:
+                raise CartoError(f"destination {self.name!r}: the account has no current schema (its search_path is empty); "
+                                 "name one with ?schema= in the connection URL")
+            self._schema = schema
+        return self._schema
 
     def __repr__(self) -> str:
         return f"CartoTransport({self.name!r}, {self._endpoint!r})"
@@ -150,12 +177,15 @@ class CartoTransport:
 
     def query(self, statement: str) -> list[dict[str, Any]]:
         body = self._call(self._path, statement, lambda: self._session.post(
-            self._endpoint, data={"q": statement, "api_key": self._api_key}, timeout=(CONNECT_TIMEOUT, QUERY_TIMEOUT)))
+            self._endpoint, data={"q": statement}, timeout=(CONNECT_TIMEOUT, QUERY_TIMEOUT)))
         rows = body.get("rows", [])
         return rows if isinstance(rows, list) else []
 
     def transaction(self, statements: list[str]) -> None:
-        self.query("BEGIN; " + "; ".join(s.rstrip().rstrip(";") for s in statements) + "; COMMIT;")
+        """One request holding ``BEGIN; …; COMMIT;`` (the server runs a multi-statement ``q`` as one simple query).
+        One that outlasts the SQL API's statement timeout was rolled back whole, so it is sent again as one
+        Batch SQL API job (same text, same single transaction; e.g. a replace or merge of a large table)."""
+        self.long_query("BEGIN; " + "; ".join(s.rstrip().rstrip(";") for s in statements) + "; COMMIT;")
 
     def copy_in(self, copy_statement: str, staged: StagedTable) -> int:
         path = self._path + "/copyfrom"
@@ -163,7 +193,7 @@ class CartoTransport:
         def send() -> requests.Response:
             return self._session.post(
                 self._endpoint + "/copyfrom",
-                params={"q": copy_statement, "api_key": self._api_key},
+                params={"q": copy_statement},  # the COPY endpoint reads q from the URL only; the key is in the header
                 data=self._gzip_chunks(staged),  # a generator: streamed, Transfer-Encoding: chunked
                 headers={"Content-Encoding": "gzip", "Content-Type": "application/octet-stream"},
                 timeout=(CONNECT_TIMEOUT, COPY_TIMEOUT),
@@ -226,14 +256,14 @@ class CartoTransport:
         past the deadline the job is cancelled (so nothing keeps running behind a failed load)."""
         path = self._path + "/job"
         job = self._call(path, statement, lambda: self._session.post(
-            self._endpoint + "/job", json={"query": statement, "api_key": self._api_key}, timeout=(CONNECT_TIMEOUT, QUERY_TIMEOUT)))
+            self._endpoint + "/job", json={"query": statement}, timeout=(CONNECT_TIMEOUT, QUERY_TIMEOUT)))
         job_id = str(job.get("job_id", ""))
         if not job_id:
             raise CartoError(f"destination {self.name!r}: {path} created no job (while running: {_first_line(statement)})")
         deadline, delay = time.monotonic() + JOB_DEADLINE, JOB_POLL_INITIAL
         while True:
             job = self._call(f"{path}/{job_id}", statement, lambda: self._session.get(
-                f"{self._endpoint}/job/{job_id}", params={"api_key": self._api_key}, timeout=(CONNECT_TIMEOUT, QUERY_TIMEOUT)))
+                f"{self._endpoint}/job/{job_id}", timeout=(CONNECT_TIMEOUT, QUERY_TIMEOUT)))
             status = job.get("status")
             if status == "done":
                 return
@@ -241,7 +271,7 @@ class CartoTransport:
                 reason = job.get("failed_reason") or status
                 raise CartoError(f"destination {self.name!r}: Batch SQL job {job_id} {status}: {reason} (while running: {_first_line(statement)})")
             if time.monotonic() > deadline:
-                self._session.delete(f"{self._endpoint}/job/{job_id}", params={"api_key": self._api_key}, timeout=(CONNECT_TIMEOUT, QUERY_TIMEOUT))
+                self._session.delete(f"{self._endpoint}/job/{job_id}", timeout=(CONNECT_TIMEOUT, QUERY_TIMEOUT))
                 raise CartoError(f"destination {self.name!r}: Batch SQL job {job_id} still {status} after {JOB_DEADLINE:.0f}s; cancelled")
             time.sleep(delay)
             delay = min(delay * 2, JOB_POLL_MAX)

@@ -163,6 +163,8 @@ class RequestRecord:
     group: str | None = None
     status: int | None = None
     fault: str | None = None
+    credentials: str | None = None  # where the key came from: "basic", "query" or "body" (None: no key)
+    api_key: str | None = None  # the key the request authenticated with (the Authorization header is logged redacted)
 
     def header(self, name: str) -> str | None:
         """Case-insensitive header lookup."""
@@ -1243,10 +1245,12 @@ class CartoEmulator:
         if auth is not None and auth.type == "basic" and auth.username is not None:
             if auth.username != call.user:
                 raise ApiError(403, PERMISSION_DENIED)
-            key = auth.password or ""
-        for source in (call.request.args, call.body_params):
+            key, call.record.credentials = auth.password or "", "basic"
+        for name, source in (("query", call.request.args), ("body", call.body_params)):
             if key is None:
                 key = _first_key(source)
+                call.record.credentials = name if key is not None else None
+        call.record.api_key = key
         if key is None:
             level, role = "default", PUBLIC_ROLE
         elif key == account.master_key:

@@ -191,6 +191,35 @@ class Load(DatasetTask):
         self.status(f"{verb} {result.rows} rows to {result.where} in {result.seconds:.1f}s", 100)
 
 
+class LoadAgo(DatasetTask):
+    """Staged table → ArcGIS Online hosted feature layer (``upload_to_ago: true`` and an ``ago:`` block). Its own
+    marker (in the AGO item's properties) and its own resource slot ``destination_<ago conn>``, so a failing
+    CARTO/PostGIS load of the same dataset does not hold it back (see publish/ago.py)."""
+
+    force = luigi.BoolParameter(default=False, description="rewrite the layer even if the data is unchanged")
+
+    def requires(self) -> DatasetTask:
+        # The same staged-input task as the dataset's SQL Load, so both read one staged version.
+        return Load(dataset_id=self.dataset_id, version=self.version, force=self.force).requires()
+
+    @property
+    def resources(self) -> dict[str, int]:  # type: ignore[override]
+        return {f"destination_{self.dataset.ago.conn}": 1}
+
+    def output(self) -> luigi.Target:
+        from .publish.ago import AgoPublishedTarget
+
+        return AgoPublishedTarget(self.dataset, str(self.version))  # type: ignore[return-value]
+
+    def run(self) -> None:
+        from .publish.ago import publish_to_ago
+
+        self.show_log_link()
+        result = publish_to_ago(self.dataset, self.input().staged, str(self.version), force=bool(self.force), status=self.status)
+        verb = "published" if result.rewritten else "recorded (unchanged data)"
+        self.status(f"{verb} {result.rows} rows to {result.where} in {result.seconds:.1f}s", 100)
+
+
 class Publish(luigi.WrapperTask):
     """Publish one dataset at its due version (scheduled), a given ``--version``, or now (``--force``)."""
 
@@ -222,8 +251,15 @@ class Publish(luigi.WrapperTask):
             raise ValueError(f"{dataset.id} is a manual dataset (schedule_interval: false); publish it with --force or --version")
         return version
 
-    def requires(self) -> luigi.Task:
+    def requires(self) -> luigi.Task | list[luigi.Task]:
         dataset = registry().get(str(self.dataset_id))
+        main = self._main_requirement(dataset)
+        if dataset.ago is None:
+            return main
+        # ArcGIS Online is a destination of its own: a separate task, marker and resource slot.
+        return [main, LoadAgo(dataset_id=dataset.id, version=self.resolved_version, force=bool(self.force))]
+
+    def _main_requirement(self, dataset: Dataset) -> luigi.Task:
         if not dataset.publish:  # upload_to_carto: false — stage only, as the old S3-only DAGs did
             return staged_input(dataset, self.resolved_version)
         return Load(dataset_id=dataset.id, version=self.resolved_version, force=bool(self.force),

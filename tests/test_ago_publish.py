@@ -270,3 +270,36 @@ def test_esri_geometry_rings_holes_reprojection_and_z() -> None:
     assert z["hasZ"] is True and z["paths"] == [[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]]
     flat = EsriGeometry("esriGeometryPoint", 2272).convert("SRID=2272;POINT ZM (1 2 3 4)")
     assert flat == {"x": 1.0, "y": 2.0, "spatialReference": {"wkid": 2272}}
+
+
+def test_luigi_publish_to_carto_destination_and_ago_from_one_staged_version(pipeline: Any, emu: AgoEmulator,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real luigi: Publish requires the SQL Load and LoadAgo; both read one Extract; a rerun does nothing;
+    an unreachable AGO fails only LoadAgo, the PostGIS table is still published."""
+    from databridge_luigi.tasks import LoadAgo, Publish
+    from tests.pipeline import make_points_table
+
+    make_points_table(pipeline, "gis_lni", "violations", 150)
+    fields = [field_def("address", "esriFieldTypeString", 60),
+              field_def("code", "esriFieldTypeString", 10), field_def("opened", "esriFieldTypeDate"),
+              field_def("fine", "esriFieldTypeDouble")]
+    blue, green = emu.create_service("viol_a", fields), emu.create_service("viol_b", fields)
+    view = emu.create_view("violations", "viol_a")
+    monkeypatch.setenv("DATABRIDGE_CONN_AGO", emu.connection_url())
+    pipeline.config("lni__violations", f"""
+        schedule_interval: "0 6 * * *"
+        carto_users: []
+        upload_to_ago: true
+        ago: {{item: {view.id}, sources: [{blue.id}, {green.id}]}}
+        """)
+    first = pipeline.run(Publish(dataset_id="lni__violations"))
+    assert first.ok, first.summary
+    assert len(emu.rows("violations")) == 150 and emu.view_source("violations") == "viol_b"
+    assert pipeline.dest("SELECT count(*) FROM public.violations")[0][0] == 150
+    assert "LoadAgo" in first.summary and first.summary.count("Extract") == 1
+    assert pipeline.run(Publish(dataset_id="lni__violations")).did_nothing
+    monkeypatch.setenv("DATABRIDGE_CONN_AGO", "ago+http://phl_etl:secret-password@127.0.0.1:9")  # nothing listens
+    emu.clear_requests()
+    forced = pipeline.run(Publish(dataset_id="lni__violations", force=True))
+    assert not forced.ok and "LoadAgo" in forced.summary
+    assert len(pipeline.markers("lni__violations")) == 2  # the SQL load went ahead on its own

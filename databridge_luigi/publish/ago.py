@@ -732,8 +732,8 @@ class AgoPublisher:
         problems = []
         geometry = table_schema.geometry
         for column in table_schema.columns:
-            if geometry is not None and column.name == geometry.name:
-                continue
+            if (geometry is not None and column.name == geometry.name) or column.name.lower() == layer.oid_field.lower():
+                continue  # the source's OBJECTID is not sent: AGO numbers features itself (ignored on add)
             found = fields.get(column.name.lower())
             if found is None:
                 problems.append(f"no field {column.name}")
@@ -895,6 +895,8 @@ class RowConverter:
                     except (GeometryConversionError, ValueError) as exc:
                         raise AgoLoadError(f"{self.dataset.id}: staged row {row}, column {column.name}: {exc}") from None
                 continue
+            if column.name.lower() == self.layer.oid_field.lower():
+                continue  # AGO assigns OBJECTIDs; a staged objectid column is not sent
             f = self.fields[column.name.lower()]
             try:
                 attrs[f["name"]] = self.value(f, column.type, text)
@@ -951,7 +953,8 @@ class RowConverter:
         """What a row looks like on the layer: staged fields (names case-insensitive) and geometry rounded
         to the layer's resolution, so a row read back compares equal to the same row about to be sent."""
         lowered = {k.lower(): v for k, v in attrs.items()}
-        values = [_norm(lowered.get(c.name.lower())) for c in self.columns if c.name != self.geometry_column]
+        oid = self.layer.oid_field.lower()
+        values = [_norm(lowered.get(c.name.lower())) for c in self.columns if c.name != self.geometry_column and c.name.lower() != oid]
         shape = _round_geometry(geometry, self.resolution) if self.geometry is not None else None
         return hashlib.sha256(json.dumps([values, shape], sort_keys=True, default=str).encode()).hexdigest()
 
@@ -994,3 +997,48 @@ def _epoch_ms(text: str, zone: ZoneInfo) -> int:
     except ValueError:
         raise ValueError(f"{text!r} is not a date or timestamp") from None
     return int(round(moment.timestamp() * 1000))
+
+
+# --- luigi wiring (used by tasks.LoadAgo) ---------------------------------------------------------------------
+
+def webhook_url(dataset: Any) -> str | None:
+    hook = getattr(dataset, "on_published", None)
+    if hook is None:
+        return None
+    if hook.conn:
+        url = resolve(hook.conn)
+        register_secret(urlsplit(url).path.strip("/"))  # a webhook's path is often its secret
+        return url
+    return hook.url
+
+
+def publisher_for(dataset: Any, status: Callable[[str], None] = lambda m: None) -> AgoPublisher:
+    if dataset.ago is None:
+        raise AgoLoadError(f"{dataset.id}: no ago: block (upload_to_ago needs one)")
+    return AgoPublisher(dataset, dataset.ago, AgoClient.from_connection(dataset.ago.conn), status, webhook_url(dataset))
+
+
+def publish_to_ago(dataset: Any, staged: Any, version: str, force: bool = False,
+                   status: Callable[[str], None] = lambda m: None) -> AgoResult:
+    """Publish ``staged`` unless this version is already recorded (then only a pending catalog push runs)."""
+    publisher = publisher_for(dataset, status)
+    if not force:
+        _, state = publisher._state()
+        if version in (state.get("versions") or {}).get(dataset.id, []):
+            pushed = publisher.push_pending()
+            return AgoResult(dataset.id, version, publisher.where(), int((state.get("published") or {}).get("rows", 0)), False, 0.0, pushed=pushed)
+    return publisher.load(staged, force=force)
+
+
+class AgoPublishedTarget:
+    """Exists when the item's properties record this dataset version and no catalog push is pending."""
+
+    def __init__(self, dataset: Any, version: str):
+        self.dataset, self.version = dataset, version
+
+    def exists(self) -> bool:
+        return publisher_for(self.dataset).is_published(self.version)
+
+    def __repr__(self) -> str:
+        ago = self.dataset.ago
+        return f"AgoPublishedTarget({ago.conn if ago else '-'}:item {ago.item if ago else '-'}@{self.version})"

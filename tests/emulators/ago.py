@@ -535,6 +535,9 @@ class AgoEmulator(Emulator):
         """A hosted feature service with one layer (id 0); returns its item."""
         with self.data_lock:
             all_fields = [field_def("OBJECTID", "esriFieldTypeOID", nullable=False)] + [dict(f) for f in fields]
+            lowered = [f["name"].lower() for f in all_fields]
+            if len(set(lowered)) != len(lowered):
+                raise ValueError(f"field names repeat (AGO compares them case-insensitively): {lowered}")
             layer = Layer(0, layer_name or name, geometry_type, all_fields, wkid, has_z, has_m, max_record_count, xss)
             layer.indexes.append({"name": "PK__OBJECTID", "fields": "OBJECTID", "isUnique": True, "isAscending": True,
                                   "description": "clustered, unique, primary key"})

@@ -305,7 +305,12 @@ def _short_time(value: str | None) -> str:
 
 
 def _secs(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+    return "-" if value is None else f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def _without_id(error: str, dataset_id: str) -> str:
+    """Errors name their dataset; beside the dataset's own row that is said already."""
+    return error[len(dataset_id) + 2:] if error.startswith(f"{dataset_id}: ") else error
 
 
 def _changed(value: bool | None) -> str:
@@ -324,7 +329,7 @@ def text_table(rows: list[DatasetStatus], width: int | None = None) -> str:
     for s in rows:
         failure = "-"
         if s.last_failure:
-            number = note(f"{s.dataset_id}: {s.last_failure.step} {s.last_failure.version}: {s.last_failure.error}")
+            number = note(f"{s.dataset_id}: {s.last_failure.step} {s.last_failure.version}: {_without_id(s.last_failure.error, s.dataset_id)}")
             failure = f"{_short_time(s.last_failure.at)} {s.last_failure.step} [{number}]"
         elif s.problem:
             failure = f"[{note(s.problem if s.state != 'broken config' else f'{s.config}: {s.problem}')}]"
@@ -371,16 +376,27 @@ table{border-collapse:collapse;width:100%} th,td{padding:5px 8px;text-align:left
 th{background:#263238;color:#fff;cursor:pointer;user-select:none;white-space:nowrap;position:sticky;top:0}
 th.sorted-asc::after{content:" \\25B2"} th.sorted-desc::after{content:" \\25BC"}
 td.num{text-align:right;font-variant-numeric:tabular-nums} td.state span{padding:1px 7px;border-radius:9px;font-weight:600;white-space:nowrap}
-tr:hover td{background:#f5f5f5} td.err{color:#b71c1c;max-width:42em} a{color:#0d47a1}
-"""
+td{white-space:nowrap} td.err{color:#b71c1c;white-space:normal;min-width:24em;max-width:46em} a{color:#0d47a1}
+tr:hover td{filter:brightness(0.96)} td.dest{color:#555;font-size:12px}
+""" + "".join(f"tr.state-{state.replace(' ', '-')} td{{background:{tint}}}" for state, tint in {
+    "broken config": "#f3e5f5", "failing": "#ffebee", "unknown": "#fff3e0", "due": "#fffde7"}.items())
 _PAGE_SCRIPT = """
-(function(){var t=document.getElementById('status'),hs=t.tHead.rows[0].cells;
-for(let i=0;i<hs.length;i++){hs[i].addEventListener('click',function(){
- var asc=!hs[i].classList.contains('sorted-asc');for(const h of hs){h.classList.remove('sorted-asc','sorted-desc');}
- hs[i].classList.add(asc?'sorted-asc':'sorted-desc');var b=t.tBodies[0],rs=Array.from(b.rows);
- rs.sort(function(x,y){var a=x.cells[i].dataset.sort||x.cells[i].textContent,c=y.cells[i].dataset.sort||y.cells[i].textContent;
-  var na=parseFloat(a),nc=parseFloat(c);var r=(!isNaN(na)&&!isNaN(nc)&&hs[i].dataset.type==='num')?na-nc:a.localeCompare(c);return asc?r:-r;});
- rs.forEach(function(r){b.appendChild(r);});});}})();
+(function(){
+ var t=document.getElementById('status'),hs=t.tHead.rows[0].cells;
+ function sortBy(i,asc){
+  for(const h of hs){h.classList.remove('sorted-asc','sorted-desc');}
+  hs[i].classList.add(asc?'sorted-asc':'sorted-desc');
+  var b=t.tBodies[0],rs=Array.from(b.rows),num=hs[i].dataset.type==='num';
+  rs.sort(function(x,y){
+   var a=x.cells[i].dataset.sort||x.cells[i].textContent,c=y.cells[i].dataset.sort||y.cells[i].textContent;
+   var r=num?(parseFloat(a)-parseFloat(c)):a.localeCompare(c);return asc?r:-r;});
+  rs.forEach(function(r){b.appendChild(r);});
+ }
+ for(let i=0;i<hs.length;i++){hs[i].addEventListener('click',function(){sortBy(i,!hs[i].classList.contains('sorted-asc'));});}
+ // A link can carry its sort: #sort=Rows&order=desc
+ var q=new URLSearchParams(location.hash.slice(1)),col=q.get('sort');
+ if(col){for(let i=0;i<hs.length;i++){if(hs[i].textContent.toLowerCase()===col.toLowerCase()){sortBy(i,q.get('order')!=='desc');}}}
+})();
 """
 
 
@@ -400,7 +416,9 @@ def html_page(rows: list[DatasetStatus], title: str = "databridge-luigi status")
         name = f'<a href="{e(link)}">{e(s.dataset_id)}</a>' if link else e(s.dataset_id)
         if s.last_failure:
             log = f' <a href="{e(s.last_failure.log_url)}">log</a>' if s.last_failure.log_url else ""
-            failure = (f"{e(_short_time(s.last_failure.at))} {e(s.last_failure.step)}: {e(s.last_failure.error)}{log}")
+            failure = (f"{e(_short_time(s.last_failure.at))} {e(s.last_failure.step)}: {e(_without_id(s.last_failure.error, s.dataset_id))}{log}")
+        elif s.state == "broken config":
+            failure = f"{e(os.path.basename(s.config))}: {e(s.problem)}"
         else:
             failure = e(s.problem) if s.problem else ""
         state = s.state + (" (running)" if s.running else "")
@@ -411,7 +429,7 @@ def html_page(rows: list[DatasetStatus], title: str = "databridge-luigi status")
             f'<td class="num" data-sort="{s.rows if s.rows is not None else -1}">{"-" if s.rows is None else f"{s.rows:,}"}</td>'
             f'<td class="num" data-sort="{s.seconds if s.seconds is not None else -1}">{_secs(s.seconds)}</td>'
             f'<td>{_changed(s.changed)}</td><td>{e(_short_time(s.next_due) if s.next_due else "manual" if s.state != "broken config" else "-")}</td>'
-            f'<td class="err">{failure}</td><td>{e(s.destination or s.config)}</td></tr>')
+            f'<td class="err">{failure}</td><td class="dest">{e(s.destination or s.config)}</td></tr>')
     heads = "".join(f'<th data-type="{kind}">{e(label)}</th>' for label, kind in head)
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
             f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{_PAGE_STYLE}</style></head><body>'

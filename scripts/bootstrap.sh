@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what databridge-luigi needs on a fresh Debian/Ubuntu machine, idempotently:
 #   - PostGIS for the local PostgreSQL server (apt, when running as root), and a running server;
+#   - Chromium (headless, for the status page tests);
 #   - a virtualenv in .venv with the package and its test dependencies.
 # Sourced by scripts/demo.sh and scripts/test.sh; safe to run again.
 set -euo pipefail
@@ -29,6 +30,11 @@ if [ -z "${DATABRIDGE_TEST_PG_DSN:-}" ] && ! pg_isready -h 127.0.0.1 -p 5432 -q 
     pg_ctlcluster --skip-systemctl-redirect "$pg_major" main start 2>/dev/null || pg_ctlcluster "$pg_major" main start
   fi
   for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
+fi
+
+# The status page is tested as a person sees it, in headless Chromium (Debian's package).
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+  apt_install chromium || echo "bootstrap: without chromium the status page tests are skipped (CI fails them)" >&2
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -72,6 +72,13 @@ class SourceOptions(_Strict):
         return value
 
 
+class ChangeSignalOptions(_Strict):
+    """``change_signal:`` how the source tells it has not changed since the last version (databridge_luigi.change)."""
+
+    column: StrictStr | None = None  # a timestamp/date column the application sets on every insert and update
+    settle_seconds: int = Field(default=3600, ge=0)  # a newest value younger than this (source clock) is not trusted
+
+
 class DestinationOptions(_Strict):
     conn: str | None = None
     table: str | None = None
@@ -246,6 +253,7 @@ class DatasetFile(_Strict):
     primary_key: list[StrictStr] = []
     delete_stale: StrictBool = True
     timeout: int | None = Field(default=None, gt=0, description="seconds; statement_timeout on source and destination sessions")
+    change_signal: ChangeSignalOptions | StrictBool = True  # false: extract at every version
     # Source columns never published (checked against the source's columns at extract time).
     exclude_fields: list[StrictStr] = []
 
@@ -333,6 +341,7 @@ class Dataset:
     primary_key: tuple[str, ...] = ()
     delete_stale: bool = True
     timeout: float | None = None  # seconds
+    change_signal: Any = True  # True (the source's own signal), False (always extract) or ChangeSignalOptions
     exclude_fields: tuple[str, ...] = ()  # lower-case source column names not to publish
     carto_env: str | None = None
     knack_object_id: int | None = None
@@ -562,6 +571,7 @@ def _build_dataset(where: str, kind: str, dept: str, table: str, env: str | None
         geocode=spec.geocode,
         ago=spec.ago if spec.upload_to_ago is True else None,
         on_published=spec.on_published,
+        change_signal=spec.change_signal,
     )
 
 

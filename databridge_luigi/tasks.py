@@ -104,20 +104,30 @@ class DatasetTask(luigi.Task):
 
 
 class Extract(DatasetTask):
-    """Source → staged table (data.csv.gz, schema.json, manifest.json)."""
+    """Source → staged table (data, schema, manifest), unless the source's change signal proves it unchanged
+    since the previous version (then the manifest names that version's data; ``databridge_luigi.change``)."""
+
+    force = luigi.BoolParameter(default=False, significant=False, description="extract even if the source is unchanged")
 
     def output(self) -> StagedTableTarget:
         return StagedTableTarget(staged_table(str(self.dataset_id), str(self.version)))
 
     def run(self) -> None:
+        from .change import Outcome, extract_unless_unchanged
         from .sources import extract  # sources import their drivers lazily
 
         self.show_log_link()
         dataset = self.dataset
         staged = self.output().staged
         self.status(f"extracting from {dataset.source_conn}")
-        manifest = retry_if_rotated(dataset.source_conn, lambda: extract(dataset, resolve(dataset.source_conn), staged, progress=self._progress))
-        self.status(f"staged {manifest.rows} rows at {staged.describe()}", 100)
+
+        def stage() -> Outcome:
+            url = resolve(dataset.source_conn)
+            return extract_unless_unchanged(dataset, url, staged, lambda: extract(dataset, url, staged, progress=self._progress),
+                                            force=bool(self.force))
+
+        outcome = retry_if_rotated(dataset.source_conn, stage)
+        self.status(outcome.message, 100)  # staged N rows | unchanged since <version> | already staged by run …
 
     def _progress(self, rows: int, total: int | None = None) -> None:
         percent = 100.0 * rows / total if total else None
@@ -128,8 +138,10 @@ class Geocode(DatasetTask):
     """Extracted table → the same rows with geocoded fields, staged as ``<dataset_id>__geocoded/<version>``
     (only for datasets with a ``geocode:`` block; see ``databridge_luigi.geocode``)."""
 
+    force = luigi.BoolParameter(default=False, significant=False, description="extract even if the source is unchanged")
+
     def requires(self) -> Extract:
-        return Extract(dataset_id=self.dataset_id, version=self.version)
+        return Extract(dataset_id=self.dataset_id, version=self.version, force=self.force)
 
     def output(self) -> StagedTableTarget:
         return StagedTableTarget(staged_table(f"{self.dataset_id}__geocoded", str(self.version)))
@@ -153,11 +165,12 @@ class Geocode(DatasetTask):
         self.status(message, percent, force=force)
 
 
-def staged_input(dataset: Dataset, version: str) -> DatasetTask:
-    """The task whose staged table a load reads: Geocode when the dataset geocodes, else Extract."""
+def staged_input(dataset: Dataset, version: str, force: bool = False) -> DatasetTask:
+    """The task whose staged table a load reads: Geocode when the dataset geocodes, else Extract (``force``:
+    extract even if the source's change signal says it is unchanged)."""
     if dataset.geocode is not None:
-        return Geocode(dataset_id=dataset.id, version=version)
-    return Extract(dataset_id=dataset.id, version=version)
+        return Geocode(dataset_id=dataset.id, version=version, force=force)
+    return Extract(dataset_id=dataset.id, version=version, force=force)
 
 
 class Load(DatasetTask):
@@ -168,7 +181,7 @@ class Load(DatasetTask):
                                                description="publish even if columns are added, removed or retyped")
 
     def requires(self) -> DatasetTask:
-        return staged_input(self.dataset, str(self.version))
+        return staged_input(self.dataset, str(self.version), bool(self.force))
 
     @property
     def resources(self) -> dict[str, int]:  # type: ignore[override]
@@ -261,7 +274,7 @@ class Publish(luigi.WrapperTask):
 
     def _main_requirement(self, dataset: Dataset) -> luigi.Task:
         if not dataset.publish:  # upload_to_carto: false — stage only, as the old S3-only DAGs did
-            return staged_input(dataset, self.resolved_version)
+            return staged_input(dataset, self.resolved_version, bool(self.force))
         return Load(dataset_id=dataset.id, version=self.resolved_version, force=bool(self.force),
                     accept_schema_change=bool(self.accept_schema_change))
 

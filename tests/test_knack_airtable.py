@@ -52,7 +52,7 @@ def write(pipeline: Pipeline, relative: str, text: str) -> None:
 
 
 def staged_csv(pipeline: Pipeline, dataset_id: str) -> list[list[str]]:
-    (path,) = Path(pipeline.staging, dataset_id).glob("*/data.csv.gz")
+    (path,) = Path(pipeline.staging, dataset_id).glob("*/data*.csv.gz")
     return list(csv.reader(io.StringIO(gzip.decompress(path.read_bytes()).decode("utf-8"))))
 
 

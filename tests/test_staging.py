@@ -1,6 +1,8 @@
 """Staged tables on disk and on S3 (moto's server over HTTP): manifest last, nothing half-written visible."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 import boto3
@@ -40,7 +42,9 @@ def test_write_then_read(store):
     assert table.schema() == SCHEMA
     with table.open_csv() as data:
         assert data.read().decode() == '"id","name"\n"1","a,b"\n"2",\n"3","multi\nline ü"\n'
-    assert sorted(k.rsplit("/", 1)[1] for k in store.list_prefix("lni__violations/")) == ["data.csv.gz", "manifest.json", "schema.json"]
+    run = table.run_id
+    assert manifest.run_id == run and manifest.data_key == f"lni__violations/20261124T110400Z/data-{run}.csv.gz"
+    assert sorted(k.rsplit("/", 1)[1] for k in store.list_prefix("lni__violations/")) == [f"data-{run}.csv.gz", "manifest.json", f"schema-{run}.json"]
 
 
 def test_a_failed_write_leaves_nothing(store):
@@ -58,8 +62,62 @@ def test_manifest_is_never_overwritten(store):
     table = StagedTable(store, "lni__violations", "v1")
     write(table, [["1", "x"]])
     with pytest.raises(AlreadyStaged):
-        write(table, [["2", "y"]])
+        store.create_exclusive(table.key("manifest.json"), b"{}")
     assert table.manifest().rows == 1
+
+
+def test_a_second_extract_of_a_version_stops_quietly_and_changes_nothing(store, caplog):
+    """The loser of two extracts of one version gets the winner's manifest, its own objects are removed, and the
+    winner's data still matches its manifest (the data is under run-unique keys the manifest names)."""
+    first, second = StagedTable(store, "lni__violations", "v1"), StagedTable(store, "lni__violations", "v1")
+    with second.writer() as late:  # started first, finishes last
+        late.write_header(["id", "name"])
+        late.write_rows([["2", "y"], ["3", "z"]])
+        winner = write(first, [["1", "x"]])
+        with caplog.at_level("INFO", logger="databridge_luigi.staging"):
+            got = late.finish(SCHEMA, {}, "now")
+    assert got == winner and got.run_id == first.run_id != second.run_id
+    assert f"already staged by run {first.run_id}" in caplog.text
+    assert sorted(store.list_prefix("lni__violations/")) == sorted([winner.data_key, winner.schema_key, "lni__violations/v1/manifest.json"])
+    fresh = StagedTable(store, "lni__violations", "v1")
+    with fresh.open_csv() as data:
+        body = data.read()
+    assert hashlib.sha256(body).hexdigest() == fresh.manifest().sha256 and body.endswith(b'"1","x"\n')
+
+
+def test_manifests_without_keys_still_read_data_csv_gz(store):
+    """A version staged before run-unique keys (no data_key/schema_key) reads data.csv.gz and schema.json."""
+    table = StagedTable(store, "d", "old")
+    manifest = write(table, [["1", "x"]])
+    legacy = json.loads(manifest.dumps())
+    for name in ("data_key", "schema_key", "run_id", "staged_by", "change_signal", "unchanged_from"):
+        legacy.pop(name)
+    moved = StagedTable(store, "d", "older")
+    for source, target in ((manifest.data_key, "d/older/data.csv.gz"), (manifest.schema_key, "d/older/schema.json")):
+        stream = store.open_write(target)
+        stream.write(store.read_bytes(source))
+        stream.commit()
+    store.create_exclusive("d/older/manifest.json", json.dumps({**legacy, "version": "older", "future_field": 1}).encode())
+    assert moved.manifest().data_key == "" and moved.data_key() == "d/older/data.csv.gz"
+    assert moved.schema() == SCHEMA
+    with moved.open_csv() as data:
+        assert data.read() == b'"id","name"\n"1","x"\n'
+
+
+def test_an_unchanged_version_names_the_previous_data(store):
+    first = StagedTable(store, "d", "20261124T000000Z")
+    extracted = write(first, [["1", "x"]])
+    later = StagedTable(store, "d", "20261125T000000Z")
+    assert later.previous().version == "20261124T000000Z"
+    recorded = later.record_unchanged(later.previous(), {"kind": "test"}, "now")
+    assert recorded.unchanged_from == "20261124T000000Z" and recorded.data_key == extracted.data_key
+    assert recorded.sha256 == extracted.sha256 and recorded.change_signal == {"kind": "test"}
+    third = StagedTable(store, "d", "20261126T000000Z")
+    assert third.record_unchanged(third.previous(), {"kind": "test"}, "now").unchanged_from == "20261124T000000Z"
+    with StagedTable(store, "d", "20261126T000000Z").open_csv() as data:
+        assert data.read() == b'"id","name"\n"1","x"\n'
+    again = StagedTable(store, "d", "20261126T000000Z")
+    assert again.record_unchanged(later, {"kind": "other"}, "now").run_id == third.run_id  # the first manifest stays
 
 
 def test_identical_data_has_identical_fingerprint(store):
@@ -79,7 +137,7 @@ def test_large_object_goes_up_in_parts_and_streams_back(aws, monkeypatch):
         writer.write_header(["id", "name"])
         writer.write_rows(rows)
         writer.finish(SCHEMA, {}, "now")
-    head = client.head_object(Bucket="big", Key="d/v/data.csv.gz")
+    head = client.head_object(Bucket="big", Key=table.data_key())
     assert "-" in head["ETag"]  # a multipart ETag: the object was uploaded in parts, never whole
     with table.open_csv() as data:
         count = sum(1 for _ in data) - 1

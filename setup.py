@@ -40,7 +40,9 @@ setup(
             "esridump==1.13.0",
             "arcgis2geojson==3.1.3",
         ],
-        "bench": ["dlt[postgres,sql_database]>=1.0,<2", "pyinstrument>=5,<6", "py-spy>=0.4,<1"],
+        # Peers in bench/run.py: dlt, and sling's binary (a wheel per platform; ogr2ogr comes from Debian's gdal-bin).
+        "bench": ["dlt[postgres,sql_database]>=1.0,<2", "pyinstrument>=5,<6", "py-spy>=0.4,<1",
+                  "sling-linux-amd64>=1.4,<2; sys_platform == 'linux' and platform_machine == 'x86_64'"],
     },
     entry_points={"console_scripts": ["databridge-luigi=databridge_luigi.cli:main"]},
 )

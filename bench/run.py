@@ -1,29 +1,38 @@
 #!/usr/bin/env python3
-"""Benchmark: databridge-luigi against the floor and a peer, side by side on the same data, in one run.
+"""Benchmark: databridge-luigi against the floor and its peers, side by side on the same data, in one run.
 
-    .venv/bin/python bench/run.py                    # N = 100k and 1M
+    .venv/bin/python bench/run.py --quick            # 100k rows, one run each, 20 no-op datasets: ~2 minutes
+    .venv/bin/python bench/run.py                    # N = 100k and 1M, median of --repeats (3) runs each
     .venv/bin/python bench/run.py --rows 100000      # one size
     .venv/bin/python bench/run.py --with-5m          # add 5M rows
     .venv/bin/python bench/run.py --write-readme     # also write the table into bench/README.md
 
 For each N it generates a source table in the local PostgreSQL (a point in EPSG:2272 and 12 columns of mixed
-types, ~150 bytes a row) and measures:
+types, ~150 bytes a row) and measures, into the same destination database:
 
-  floor     psql \\copy (SELECT … ST_AsEWKT(geom) …) TO STDOUT | psql \\copy dest FROM STDIN (no staging, no swap)
-  postgis   luigi … Publish --force, staging in S3 (moto server), PostGIS destination
-  carto     the same to the CARTO emulator (COPY API, cartodbfy, swap), staging in S3
-  dlt       dlt sql_table → postgres, write_disposition=replace (insert-from-staging), same rows (geometry as EWKT)
-  no-op     PublishAll over 100 configured, already-published datasets (decides "nothing to do")
+  floor        psql \\copy (SELECT … ST_AsEWKT(geom) …) TO STDOUT | psql \\copy dest FROM STDIN (no staging, no swap)
+  floor+GiST   the same, then CREATE INDEX … USING gist (geom) and ANALYZE: what a usable table needs
+  postgis      luigi … Publish --force, staging in S3 (moto server), PostGIS destination
+  carto        the same to the CARTO emulator (COPY API, cartodbfy, commit), staging in S3
+  ogr2ogr      GDAL's ogr2ogr PG → PG with PG_USE_COPY=YES, -overwrite, GiST on the geometry (its default)
+  sling        sling run, full-refresh (geometry arrives as hex EWKB text; sling makes no spatial index)
+  sling+GiST   the same with post_sql: the column cast to geometry(Point,2272), a GiST index, ANALYZE
+  dlt          dlt sql_table → postgres, write_disposition=replace (insert-from-staging), same rows (geometry as EWKT)
+  no-op        PublishAll over 100 (--quick: 20) configured, already-published datasets (decides "nothing to do")
 
-Wall seconds, rows/s, ratio to the floor and peak RSS of the measured process tree (sampled every 20 ms from
-/proc, summed over the tree) are printed as a table. Needs: the local PostgreSQL with PostGIS (as the tests);
-for the peer, `pip install -e '.[bench]'` (dlt); the row is skipped with a note when dlt is missing.
+Each contestant runs --repeats times (interleaved with the others, each after a CHECKPOINT); the table shows
+the median wall seconds, rows/s, ratio to the floor and the largest peak RSS of the measured process tree
+(sampled every 20 ms from /proc, summed over the tree). Needs: the local PostgreSQL with PostGIS (as the
+tests); for the peers `pip install -e '.[bench]'` (dlt, and sling's binary from the sling-linux-amd64
+wheel) and `apt-get install gdal-bin` (ogr2ogr). A peer that is missing is a row with a note, not a failure.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import statistics
+import stat
 import shutil
 import socket
 import subprocess
@@ -64,6 +73,16 @@ class Result:
     seconds: float | None
     peak_mb: float | None
     note: str = ""
+    runs: int = 1
+
+
+def combine(results: list[Result]) -> Result:
+    """Repeated runs of one contestant: the median seconds and the largest peak RSS."""
+    timed = [r for r in results if r.seconds is not None]
+    if not timed:
+        return results[0]
+    return Result(timed[0].name, timed[0].rows, statistics.median(r.seconds for r in timed),
+                  max(r.peak_mb or 0 for r in timed), timed[0].note, len(timed))
 
 
 # --- measuring a process tree ------------------------------------------------------------------------------
@@ -142,8 +161,10 @@ class Bench:
         port = free_port()
         self.moto = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.moto_url = f"http://127.0.0.1:{port}"
+        # A non-organization account, as the City's phl.carto.com: tables in public, found by current_schema()
         self.carto, self.carto_url = start_service([sys.executable, "-m", "tests.emulators.carto", "--dsn", self.carto_db,
-                                                     "--account", "bench:bench-master-key", "--port", str(free_port())])
+                                                     "--account", "bench:bench-master-key", "--non-organization", "bench",
+                                                     "--port", str(free_port())])
         self._wait_for(self.moto_url)
         import boto3
 
@@ -206,12 +227,49 @@ class Bench:
 
     # contestants
 
-    def floor(self, table: str, rows: int) -> Result:
+    def floor(self, table: str, rows: int, usable: bool = False) -> Result:
         self._sql(self.dest, f"DROP TABLE IF EXISTS floor_{table}; CREATE TABLE floor_{table} ({COLUMNS})")
         command = (f"psql '{self.src}' -qc \"\\copy ({FLOOR_SELECT.format(table=table)}) TO STDOUT\" | "
                    f"psql '{self.dest}' -qc \"\\copy floor_{table} FROM STDIN\"")
+        if not usable:
+            seconds, peak = run_measured(command, shell=True)
+            return Result("floor (psql \\copy to psql \\copy)", rows, seconds, peak)
+        # the same pipe, then what makes the table usable by a map or an app: a spatial index and statistics
+        command += (f" && psql '{self.dest}' -qc 'CREATE INDEX ON floor_{table} USING gist (geom)' "
+                    f"-c 'ANALYZE floor_{table}'")
         seconds, peak = run_measured(command, shell=True)
-        return Result("floor (psql \\copy to psql \\copy)", rows, seconds, peak)
+        return Result("floor + GiST + ANALYZE", rows, seconds, peak)
+
+    def ogr2ogr(self, table: str, rows: int) -> Result:
+        name = "ogr2ogr PG → PG (PG_USE_COPY, GiST)"
+        binary = shutil.which("ogr2ogr")
+        if binary is None:
+            return Result(name, rows, None, None, "ogr2ogr not installed: apt-get install gdal-bin")
+        env = dict(os.environ, PG_USE_COPY="YES")
+        # GDAL hands the PG: string to libpq, which takes the same URL; the spatial index is built after the COPY
+        command = [binary, "-f", "PostgreSQL", f"PG:{self.dest}", f"PG:{self.src}", f"bench.{table}", "-nln", f"ogr_{table}",
+                   "-overwrite", "-lco", "GEOMETRY_NAME=geom", "-lco", "SPATIAL_INDEX=GIST"]
+        seconds, peak = run_measured(command, env=env)
+        return Result(name, rows, seconds, peak)
+
+    def sling(self, table: str, rows: int, usable: bool = False) -> Result:
+        name = "sling full-refresh" + (" + post_sql geometry, GiST, ANALYZE" if usable else " (geometry as text, no index)")
+        binary = sling_binary()
+        if binary is None:
+            return Result(name, rows, None, None, "sling not installed: pip install -e '.[bench]' (sling-linux-amd64)")
+        target = f"public.sling_{table}"
+        command = [binary, "run", "--src-conn", "BENCH_SRC", "--src-stream", f"bench.{table}", "--tgt-conn", "BENCH_DEST",
+                   "--tgt-object", target, "--mode", "full-refresh"]
+        if usable:  # sling writes geometry as hex EWKB text; its post_sql makes it a real, indexed column
+            command += ["--tgt-options", '{"post_sql": "ALTER TABLE %s ALTER geom TYPE geometry(Point, 2272) USING geom::geometry; '
+                        'CREATE INDEX ON %s USING gist (geom); ANALYZE %s"}' % (target, target, target)]
+        home = self.workdir / "sling_home"
+        home.mkdir(exist_ok=True)
+        # sling reads connections from environment variables holding URLs; it insists on a password (trust auth ignores it)
+        env = dict(os.environ, SLING_HOME_DIR=str(home), SLING_DISABLE_TELEMETRY="true", DISABLE_TELEMETRY="true",
+                   BENCH_SRC=with_password(self.src) + "?sslmode=disable", BENCH_DEST=with_password(self.dest) + "?sslmode=disable")
+        seconds, peak = run_measured(command, env=env)
+        return Result(name, rows, seconds, peak)
 
     def ours(self, table: str, rows: int, transport: str) -> Result:
         destination = self.dest if transport == "postgis" else self.carto_url.replace("http://", "carto+http://bench:bench-master-key@") + "/user/bench"
@@ -236,7 +294,7 @@ class Bench:
         )
         env = dict(os.environ, DESTINATION__POSTGRES__REPLACE_STRATEGY="insert-from-staging", RUNTIME__LOG_LEVEL="WARNING")
         # dlt insists on a password in its credentials; the local server's trust auth ignores it
-        dest = self.dest.replace("postgresql://postgres@", "postgresql://postgres:unused@")
+        dest = with_password(self.dest)
         seconds, peak = run_measured([sys.executable, str(script), self.src, dest, table, str(self.workdir / "dlt")], env=env)
         return Result("dlt sql_table → postgres (replace)", rows, seconds, peak)
 
@@ -253,8 +311,27 @@ class Bench:
         return Result(f"no-op PublishAll over {datasets} published datasets", datasets, seconds, peak)
 
 
+def with_password(url: str) -> str:
+    """dlt and sling insist on a password in a URL; the local server's trust auth ignores it."""
+    return url.replace("postgresql://postgres@", "postgresql://postgres:unused@")
+
+
+def sling_binary() -> str | None:
+    """sling's Go binary as the sling-linux-amd64 wheel ships it (pip may drop its executable bit)."""
+    try:
+        import sling_linux_amd64
+    except ImportError:
+        return None
+    binary = Path(sling_linux_amd64.SLING_BIN)
+    if not binary.is_file():
+        return None
+    if not os.access(binary, os.X_OK):
+        binary.chmod(binary.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return str(binary)
+
+
 def render(results: list[Result]) -> str:
-    floors = {r.rows: r.seconds for r in results if r.name.startswith("floor") and r.seconds}
+    floors = {r.rows: r.seconds for r in results if r.name.startswith("floor (") and r.seconds}
     lines = ["| contestant | rows | seconds | rows/s | ratio to floor | peak RSS (MB, process tree) |", "|---|---:|---:|---:|---:|---:|"]
     for r in results:
         if r.seconds is None:
@@ -280,35 +357,46 @@ def machine() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", default="100000,1000000")
+    parser.add_argument("--rows", default=None, help="comma-separated sizes (default 100000,1000000; --quick: 100000)")
     parser.add_argument("--with-5m", action="store_true")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per contestant, the median is shown (default 3; --quick: 1)")
+    parser.add_argument("--quick", action="store_true", help="100k rows, one run each, 20 no-op datasets: a smoke run of every contestant")
     parser.add_argument("--skip-dlt", action="store_true")
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
-    sizes = [int(n) for n in args.rows.split(",")] + ([5_000_000] if args.with_5m else [])
+    rows_arg = args.rows or ("100000" if args.quick else "100000,1000000")
+    sizes = [int(n) for n in rows_arg.split(",")] + ([5_000_000] if args.with_5m else [])
+    repeats = args.repeats or (1 if args.quick else 3)
     workdir = Path(tempfile.mkdtemp(prefix="dbl-bench-"))
     bench = Bench(workdir)
     results: list[Result] = []
+    contestants = [
+        lambda t, n: bench.floor(t, n),
+        lambda t, n: bench.floor(t, n, usable=True),
+        lambda t, n: bench.ours(t, n, "postgis"),
+        lambda t, n: bench.ours(t, n, "carto"),
+        lambda t, n: bench.ogr2ogr(t, n),
+        lambda t, n: bench.sling(t, n),
+        lambda t, n: bench.sling(t, n, usable=True),
+    ] + ([] if args.skip_dlt else [lambda t, n: bench.dlt(t, n)])
+    started = time.monotonic()
     try:
         for rows in sizes:
             table = bench.make_table(rows)
-            bench.settle()
-            results.append(bench.floor(table, rows))
-            bench.settle()
-            results.append(bench.ours(table, rows, "postgis"))
-            bench.settle()
-            results.append(bench.ours(table, rows, "carto"))
-            if not args.skip_dlt:
-                bench.settle()
-                results.append(bench.dlt(table, rows))
+            runs: list[list[Result]] = [[] for _ in contestants]
+            for _ in range(repeats):  # interleaved, so drift (autovacuum, page cache) spreads over everyone
+                for index, contestant in enumerate(contestants):
+                    bench.settle()
+                    runs[index].append(contestant(table, rows))
+            results += [combine(r) for r in runs]
             print(render(results), "\n", flush=True)
-        results.append(bench.noop())
+        results.append(bench.noop(20 if args.quick else 100))
     finally:
         bench.close()
         shutil.rmtree(workdir, ignore_errors=True)
     table = render(results)
     print(table)
-    print(f"\nmachine: {machine()}")
+    print(f"\nmachine: {machine()}; {repeats} run(s) per contestant, median shown; whole run {time.monotonic() - started:.0f} s")
     if args.write_readme:
         readme = ROOT / "bench" / "README.md"
         text = readme.read_text() if readme.exists() else ""

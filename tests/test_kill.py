@@ -71,7 +71,8 @@ class Case:
 
 
 def setup_case(tmp_path: Path, source_dsn: str, dest_dsn: str, rows: int = ROWS, indexes_: list[str] | None = None,
-               staging: str | None = None, extra_env: dict[str, str] | None = None, payload_md5s: int = 1) -> Case:
+               staging: str | None = None, extra_env: dict[str, str] | None = None, payload_md5s: int = 1,
+               load_mode: str = "replace") -> Case:
     suffix = uuid.uuid4().hex[:8]
     table = f"t_{suffix}"
     case = Case(
@@ -88,6 +89,7 @@ def setup_case(tmp_path: Path, source_dsn: str, dest_dsn: str, rows: int = ROWS,
         carto_users: []
         source: {{schema: public, table: {case.source_table}}}
         indexes: [{index_list}]
+        load_mode: {load_mode}
         """)
     make_source_table(source_dsn, case.source_table, rows, generation=1, payload_md5s=payload_md5s)
     code, out = case.publish(VERSION_A)
@@ -231,13 +233,16 @@ def test_kill_during_copy_into_shadow(tmp_path, source_dsn, dest_dsn):
     assert_converges(case, expect_extract=False)
 
 
-@pytest.mark.parametrize("lock_mode", ["ACCESS SHARE", "ACCESS EXCLUSIVE"])
-def test_kill_between_count_check_and_swap(tmp_path, source_dsn, dest_dsn, lock_mode):
-    """The test holds a lock on the live table. ACCESS SHARE lets the drift count through and blocks the swap
-    transaction's DROP TABLE (the kill lands inside the swap, before its commit); ACCESS EXCLUSIVE blocks the
-    drift count itself (after COPY and its count check). The worker is killed while waiting, then the lock is
-    released: the server finishes the waiting statement, finds the client gone and rolls back."""
-    case = setup_case(tmp_path, source_dsn, dest_dsn, rows=20_000)
+@pytest.mark.parametrize("lock_mode, load_mode, waiting_statement", [
+    ("ACCESS SHARE", "swap", "DROP TABLE"),                  # a reader's lock blocks the swap's DROP TABLE
+    ("SHARE", "replace", "WITH deleted AS (DELETE"),         # a SHARE lock blocks the in-place DELETE + INSERT
+    ("ACCESS EXCLUSIVE", "replace", "SELECT count(*)"),      # blocks the drift count itself, after the COPY
+])
+def test_kill_between_count_check_and_commit(tmp_path, source_dsn, dest_dsn, lock_mode, load_mode, waiting_statement):
+    """The test holds a lock on the live table that the load has to wait for; the worker is killed while
+    waiting (inside the commit transaction, before its commit, for the first two), then the lock is released:
+    the server finishes the waiting statement, finds the client gone and rolls back."""
+    case = setup_case(tmp_path, source_dsn, dest_dsn, rows=20_000, load_mode=load_mode)
     before = old_digest(case)
     holder = psycopg.connect(dest_dsn)
     dest = Activity(dest_dsn)
@@ -247,11 +252,8 @@ def test_kill_between_count_check_and_swap(tmp_path, source_dsn, dest_dsn, lock_
         waiting = wait_for("the worker waiting on the live table's lock",
                            lambda: dest.find("%", wait_event_type="Lock"), worker, interval=0.02)
         statement = waiting[0][1]
-        if lock_mode == "ACCESS SHARE":
-            assert statement.startswith("DROP TABLE"), statement
-        else:
-            assert statement.startswith("SELECT count(*)") and case.table in statement, statement
-        assert table_exists(dest_dsn, f"{case.table}__shadow")
+        assert statement.startswith(waiting_statement) and case.table in statement, statement
+        assert tables_like(dest_dsn, f"{case.table}\\_\\_shadow\\_%"), "the run's shadow should exist while it waits"
         worker.kill()
         holder.rollback()
         dest.wait_gone([row[0] for row in waiting])
@@ -267,7 +269,7 @@ def test_kill_during_index_creation(tmp_path, source_dsn, dest_dsn):
     live): the old table stays live with its indexes and no new marker; the rerun loads once and leaves
     every configured index (and the geometry's GiST index) on the new table."""
     configured = ["code", "payload", "code+payload"]
-    case = setup_case(tmp_path, source_dsn, dest_dsn, indexes_=configured)
+    case = setup_case(tmp_path, source_dsn, dest_dsn, indexes_=configured, load_mode="swap")
     expected_indexes = {f"{case.table}_{c.replace('+', '_')}" for c in configured} | {f"{case.table}_shape"}
     assert expected_indexes <= indexes(dest_dsn, case.table)
     before = old_digest(case)

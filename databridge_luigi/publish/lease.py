@@ -40,6 +40,7 @@ class Holder:
     since: str
     until: str
     identity: str = ""
+    shadow: str = ""
 
     def __str__(self) -> str:
         return f"run {self.run_id[:12]}, host {self.host} pid {self.pid}, since {self.since} UTC, lease until {self.until} UTC"
@@ -89,7 +90,9 @@ class Lease:
     """The lease on ``schema.table`` for one run. ``acquire`` → (renewed in the background) → ``release``."""
 
     def __init__(self, runner: SqlRunner, schema: str, table: str, dataset_id: str, run_id: str, shadow: str,
-                 seconds: float = 120.0):
+                 seconds: float = 120.0, dedicated: bool = False):
+        """``dedicated``: ``runner`` is a connection of the lease's own, whose session settings it may set."""
+        self.dedicated = dedicated
         self.runner, self.schema, self.table, self.dataset_id = runner, schema, table, dataset_id
         self.run_id, self.shadow, self.seconds = run_id, shadow, seconds
         self.lost = threading.Event()
@@ -110,19 +113,27 @@ class Lease:
         """Take the lease, waiting up to ``wait_seconds`` for a live holder to finish. Returns the shadow of an
         expired holder (a dead run's leftover, for the caller to drop), or None."""
         self.runner.query(sql.create_lease_table(self.schema))
+        # A holder inside its commit keeps the lease row locked (the fence); wait for it in short, bounded steps.
+        if self.dedicated:
+            self.runner.query("SET lock_timeout = '2s'")
         deadline = time.monotonic() + wait_seconds
-        delay = 0.5
+        delay, logged = 0.5, ""
         while True:
-            rows = self.runner.query(self._take_statement())
-            if rows:
-                previous = rows[0].get("previous_shadow")
-                if rows[0].get("previous_run") and previous:
-                    log.warning("%s: took over the expired lease of run %s on %s; its shadow %s will be dropped",
-                                self.dataset_id, str(rows[0]["previous_run"])[:12], self._key, previous)
-                    return str(previous)
-                return None
+            previous = self.holder()
+            try:
+                taken = bool(self.runner.query(self._take_statement(previous.run_id if previous else None)))
+            except Exception as exc:
+                if "lock timeout" not in str(exc):
+                    raise
+                taken = False
+            if taken:
+                if previous is None:
+                    return None
+                log.warning("%s: took over the expired lease of %s on %s; its shadow %s will be dropped",
+                            self.dataset_id, previous, self._key, previous.shadow)
+                return previous.shadow
             holder = self.holder()
-            if holder is None:  # released between the two statements: try again at once
+            if holder is None:  # released in the meantime: try again at once
                 continue
             if holder_is_dead_here(holder.identity):
                 log.warning("%s: the lease holder on %s (%s) is a process of this machine that no longer exists; taking over",
@@ -132,24 +143,28 @@ class Lease:
             if time.monotonic() >= deadline:
                 raise LeaseHeld(f"{self.dataset_id}: another load of {self.dataset_id} is running ({holder}) on "
                                 f"{self._key}; gave up after waiting {wait_seconds:.0f}s")
+            if holder.run_id != logged:
+                log.info("%s: waiting up to %.0fs for another load of %s to finish (%s)", self.dataset_id, wait_seconds, self._key, holder)
+                logged = holder.run_id
             waiting(holder)
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 5.0)
 
-    def _take_statement(self) -> str:
+    def _take_statement(self, previous_run: str | None) -> str:
+        """Insert our lease row, or replace the row of ``previous_run`` if (and only if) it has expired: a
+        holder that renewed, or another run that took over first, makes it take nothing."""
         lease = self._lease_table
         values = ", ".join([sql.literal(self._key), sql.literal(self.dataset_id), sql.literal(self.run_id),
                             sql.literal(socket.gethostname()[:200]), sql.literal(os.getpid()), sql.literal(process_identity()),
                             sql.literal(self.shadow)])
-        # The CTE reads (and row-locks) the previous holder, so a takeover learns which dead shadow to drop.
+        expected = f"l.run_id = {sql.literal(previous_run)}" if previous_run else "false"
         return (
-            f"WITH previous AS (SELECT run_id, shadow FROM {lease} WHERE table_name = {sql.literal(self._key)} FOR UPDATE) "
             f"INSERT INTO {lease} AS l (table_name, dataset_id, run_id, host, pid, identity, shadow, acquired_at, expires_at) "
             f"VALUES ({values}, clock_timestamp(), clock_timestamp() + {self._interval()}) "
             "ON CONFLICT (table_name) DO UPDATE SET dataset_id = EXCLUDED.dataset_id, run_id = EXCLUDED.run_id, "
-            "host = EXCLUDED.host, pid = EXCLUDED.pid, identity = EXCLUDED.identity, shadow = EXCLUDED.shadow, acquired_at = EXCLUDED.acquired_at, "
-            "expires_at = EXCLUDED.expires_at WHERE l.expires_at < clock_timestamp() "
-            "RETURNING l.run_id, (SELECT run_id FROM previous) AS previous_run, (SELECT shadow FROM previous) AS previous_shadow"
+            "host = EXCLUDED.host, pid = EXCLUDED.pid, identity = EXCLUDED.identity, shadow = EXCLUDED.shadow, "
+            f"acquired_at = EXCLUDED.acquired_at, expires_at = EXCLUDED.expires_at WHERE l.expires_at < clock_timestamp() AND {expected} "
+            "RETURNING l.run_id"
         )
 
     def _expire(self, run_id: str) -> None:
@@ -158,13 +173,13 @@ class Lease:
 
     def holder(self) -> Holder | None:
         rows = self.runner.query(
-            f"SELECT run_id, host, pid, identity, to_char(acquired_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') AS since, "
+            f"SELECT run_id, host, pid, identity, shadow, to_char(acquired_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') AS since, "
             f"to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') AS until FROM {self._lease_table} "
             f"WHERE table_name = {sql.literal(self._key)}")
         if not rows:
             return None
         row = rows[0]
-        return Holder(str(row["run_id"]), str(row["host"]), int(row["pid"]), str(row["since"]), str(row["until"]), str(row["identity"]))
+        return Holder(str(row["run_id"]), str(row["host"]), int(row["pid"]), str(row["since"]), str(row["until"]), str(row["identity"]), str(row["shadow"]))
 
     # --- keeping it -----------------------------------------------------------------------------------
 
@@ -206,10 +221,15 @@ class Lease:
 
     # --- giving it back -------------------------------------------------------------------------------
 
-    def release(self) -> None:
+    def stop_renewing(self) -> None:
+        """After the commit: the lease has done its work (and a long commit may have outlived its expiry while
+        its fence held the row; a renewal then would wrongly report it lost)."""
         self._stop.set()
         if self._renewer is not None:
             self._renewer.join(timeout=5)
+
+    def release(self) -> None:
+        self.stop_renewing()
         try:
             self.runner.query(f"DELETE FROM {self._lease_table} WHERE table_name = {sql.literal(self._key)} "
                               f"AND run_id = {sql.literal(self.run_id)}")

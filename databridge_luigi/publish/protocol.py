@@ -132,7 +132,7 @@ class Loader:
         manifest = staged.manifest()
         self.transport.query(sql.create_marker_table(self.schema))
         lease = Lease(self.keeper or self.transport, self.schema, self.table, self.dataset.id, self.run_id, self.shadow,
-                      self.settings.lease_seconds)
+                      self.settings.lease_seconds, dedicated=self.keeper is not None)
         self.status(f"{self.dataset.id}: taking the lease on {self.where()}")
         dead_shadow = lease.acquire(self.settings.lease_wait, waiting=lambda holder: self.status(
             f"{self.dataset.id}: waiting for another load of {self.where()} ({holder})"))
@@ -179,6 +179,7 @@ class Loader:
             self.status(f"{self.dataset.id}: committing ({mode}) into {self.where()}")
             commit_with_retry(self.transport, [lease.fence(), *statements], self.settings.locks, [(self.schema, self.table)],
                               f"{self.dataset.id}: {mode} of {self.where()}", self.status)
+            lease.stop_renewing()
         except BaseException as exc:
             self._drop_shadow_quietly()
             self._reset_timeout_quietly()

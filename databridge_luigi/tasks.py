@@ -20,8 +20,10 @@ from .config import ConfigError, ConfigProblem, Dataset, Registry, dataset_id_fo
 from .connections import redact, redact_exception, redacted_traceback, resolve, retry_if_rotated
 from . import notify, runs
 from .luigi_defaults import check_scheduler
-from .publish import transports
-from .publish.protocol import Loader, LoadResult
+from . import stopping
+from .publish import open_transport, transports
+from .publish.locks import LockPolicy
+from .publish.protocol import Loader, LoadResult, LoadSettings
 from .schedule import due_version, forced_version, parse_version
 from .staging import StagedTable, open_store
 from .targets import PublishedTableTarget, StagedTableTarget, published_versions
@@ -35,6 +37,14 @@ class databridge(luigi.Config):
     config_dir = luigi.Parameter(default="", description="config tree; default env DATABRIDGE_CONFIG_DIR or ./configs")
     default_carto_conn = luigi.Parameter(default="carto_phl")
     staging = luigi.Parameter(default="", description="s3://bucket/prefix or a directory; default env DATABRIDGE_STAGING")
+    default_load_mode = luigi.ChoiceParameter(choices=["replace", "merge", "swap"], default="replace",
+                                              description="load mode of datasets without load_mode (merge where a primary_key is named)")
+    lease_seconds = luigi.FloatParameter(default=120.0, description="a loader's lease on its table; renewed every third of it")
+    lease_wait_seconds = luigi.FloatParameter(default=300.0, description="how long a second loader of a table waits for the first")
+    lock_timeout_seconds = luigi.FloatParameter(default=3.0, description="the longest a publish makes readers of a live table wait")
+    lock_wait_seconds = luigi.FloatParameter(default=600.0, description="how long a commit retries lock timeouts before failing")
+    terminate_blockers = luigi.Parameter(default="", description="destination connections (comma-separated) whose lock "
+                                         "blockers are terminated once lock_wait_seconds have passed")
 
 
 @lru_cache(maxsize=4)
@@ -45,6 +55,13 @@ def _registry(config_dir: str, default_carto_conn: str) -> Registry:
 def registry() -> Registry:
     settings = databridge()
     return _registry(str(settings.config_dir or default_config_dir()), str(settings.default_carto_conn))
+
+
+def load_settings(connection: str) -> LoadSettings:
+    settings = databridge()
+    terminate = connection in {c.strip() for c in str(settings.terminate_blockers).split(",") if c.strip()}
+    return LoadSettings(str(settings.default_load_mode), float(settings.lease_seconds), float(settings.lease_wait_seconds),
+                        LockPolicy(float(settings.lock_timeout_seconds), float(settings.lock_wait_seconds), terminate))
 
 
 def staged_table(dataset_id: str, version: str) -> StagedTable:
@@ -126,7 +143,8 @@ class Extract(DatasetTask):
             return extract_unless_unchanged(dataset, url, staged, lambda: extract(dataset, url, staged, progress=self._progress),
                                             force=bool(self.force))
 
-        outcome = retry_if_rotated(dataset.source_conn, stage)
+        with stopping.cancel_on_sigterm():
+            outcome = retry_if_rotated(dataset.source_conn, stage)
         self.status(outcome.message, 100)  # staged N rows | unchanged since <version> | already staged by run …
 
     def _progress(self, rows: int, total: int | None = None) -> None:
@@ -195,13 +213,18 @@ class Load(DatasetTask):
         dataset, conn = self.dataset, self.dataset.dest_conn
 
         def load() -> LoadResult:
-            loader = Loader(dataset, transports.get(conn), status=self.status)
-            return loader.load(self.input().staged, force=bool(self.force), accept_schema_change=bool(self.accept_schema_change))
+            keeper = open_transport(conn)  # the lease's own connection: renewals go on while the main one COPYs
+            try:
+                loader = Loader(dataset, transports.get(conn), status=self.status, keeper=keeper, settings=load_settings(conn))
+                return loader.load(self.input().staged, force=bool(self.force), accept_schema_change=bool(self.accept_schema_change))
+            finally:
+                keeper.close()
 
         # A connection that failed mid-protocol is never reused; rotated credentials get one more try.
-        result = retry_if_rotated(conn, load, on_failure=lambda: transports.discard(conn))
+        with stopping.cancel_on_sigterm():
+            result = retry_if_rotated(conn, load, on_failure=lambda: transports.discard(conn))
         verb = "published" if result.rewritten else "recorded (unchanged data)"
-        self.status(f"{verb} {result.rows} rows to {result.where} in {result.seconds:.1f}s", 100)
+        self.status(f"{dataset.id}: {verb} {result.rows} rows to {result.where} ({result.summary()}) in {result.seconds:.1f}s", 100)
 
 
 class LoadAgo(DatasetTask):

@@ -240,7 +240,8 @@ def summary_text(log_file: Path, rc: int) -> str:
     return "\n".join(lines)
 
 
-_PUBLISHED = re.compile(r"(?P<dataset>\w+): (?P<verb>published|recorded \(unchanged data\)) (?P<rows>\d+) rows to (?P<where>\S+)")
+_PUBLISHED = re.compile(r"(?P<dataset>\w+): (?P<verb>published|recorded \(unchanged data\)) (?P<rows>\d+) rows to (?P<where>\S+)"
+                        r"(?: as version \S+ \((?P<counts>[^)]+)\))?")
 
 
 def success_text(log_file: Path) -> str:
@@ -254,7 +255,8 @@ def success_text(log_file: Path) -> str:
     if not done:
         return f"{head}: nothing to do"
     lines = [f"{head}: {len(done)} dataset(s)"]
-    lines += [f"• {m['dataset']}: {m['verb']} {int(m['rows']):,} rows to {m['where']}" for m in done[:30]]
+    lines += [f"• {m['dataset']}: {m['verb']} {int(m['rows']):,} rows to {m['where']}" + (f" ({m['counts']})" if m["counts"] else "")
+              for m in done[:30]]
     if len(done) > 30:
         lines.append(f"… and {len(done) - 30} more")
     return "\n".join(lines)

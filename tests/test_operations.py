@@ -187,7 +187,7 @@ def test_cron_success_summary_when_asked(pipeline, tmp_path, slack):
     assert len(slack.messages) == 1
     text = slack.messages[0]["text"]
     assert "cron run ok" in text and "2 dataset(s)" in text
-    assert "ops__good: published 20 rows to carto_phl:public.good" in text and "ops__other: published 30 rows" in text
+    assert "ops__good: published 20 rows to carto_phl:public.good (swap: 20 inserted" in text and "ops__other: published 30 rows" in text
     assert cron(env).returncode == 0  # the rerun has nothing to do, and says so
     assert len(slack.messages) == 2 and slack.messages[1]["text"].endswith(": nothing to do")
 

@@ -634,3 +634,103 @@ def test_s3_read_timeout_is_retried_then_bounded(s3, aws, monkeypatch, where):
     assert not again.ok and elapsed < BOUND
     assert len([r for r in proxy.requests if r.fault]) == 1 + 2  # AWS_MAX_ATTEMPTS, then the run stops
     assert pipeline.dest("SELECT count(*) FROM violations")[0][0] == S3_ROWS  # the live table is untouched
+
+
+# --- ArcGIS Online (issue 13): LoadAgo against the AGO emulator -------------------------------------------------
+
+import databridge_luigi.publish.ago as ago_publish  # noqa: E402
+from tests.emulators.ago import ORG_ID, AgoEmulator, field_def  # noqa: E402
+
+AGO_PASSWORD = "ago-FAULT-password-6620"
+AGO_DAILY = """\
+    schedule_interval: 4 11 * * *
+    upload_to_carto: false
+    upload_to_ago: true
+    ago: {{conn: ago_faults, item: {view}, sources: [{a}, {b}], batch_size: 50}}
+    """
+# case → (emulator fault, path fragment it hits, options): reads are retried; an edit that may have gone
+# through is counted before it is resent; "timeout_after_commit" applies the edit, then answers "timed out".
+AGO_FAULTS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "query_rate_limit": ("rate_limit", "/FeatureServer/0/query", {"retry_after": 0}),
+    "query_http_500": ("http_500", "/FeatureServer/0/query", {}),
+    "query_http_502": ("http_502", "/FeatureServer/0/query", {}),
+    "query_http_503": ("http_503", "/FeatureServer/0/query", {}),
+    "query_reset": ("reset", "/FeatureServer/0/query", {}),
+    "query_read_timeout": ("slow", "/FeatureServer/0/query", {"seconds": SLOW}),
+    "query_truncated_json": ("truncated_json", "/FeatureServer/0/query", {}),
+    "query_malformed_json": ("malformed_json", "/FeatureServer/0/query", {}),
+    "item_http_503": ("http_503", "/sharing/rest/content/items/", {}),
+    "add_rate_limit": ("rate_limit", "/addFeatures", {"retry_after": 0}),
+    "add_http_502": ("http_502", "/addFeatures", {}),
+    "add_reset": ("reset", "/addFeatures", {}),
+    "add_error_in_200": ("esri_error", "/addFeatures", {"code": 503, "message": "Service unavailable."}),
+}
+AGO_TRANSIENT_ONLY = {"add_timeout_after_commit": ("timeout_after_commit", "/addFeatures", {})}
+
+
+@pytest.fixture(scope="module")
+def ago_emu() -> Iterator[AgoEmulator]:
+    with AgoEmulator({"phl_etl": AGO_PASSWORD}) as server:
+        yield server
+
+
+@pytest.fixture()
+def ago_pipeline(tmp_path, monkeypatch, postgis_dsn, ago_emu, emulators) -> Iterator[tuple[Pipeline, dict[str, str]]]:
+    monkeypatch.setattr(ago_publish, "BACKOFF_INITIAL", 0.01)
+    monkeypatch.setattr(ago_publish, "RECOUNT_WAIT", 0.01)
+    monkeypatch.setattr(ago_publish, "LEASE_SETTLE", 0.01)
+    ago_emu.clear_faults()
+    ago_emu.clear_requests()
+    suffix = tmp_path.name[-12:].replace("-", "_")
+    fields = [field_def("address", "esriFieldTypeString", 60), field_def("code", "esriFieldTypeString", 10),
+              field_def("opened", "esriFieldTypeDate"), field_def("fine", "esriFieldTypeDouble")]
+    a = ago_emu.create_service(f"a_{suffix}", fields)
+    b = ago_emu.create_service(f"b_{suffix}", fields)
+    view = ago_emu.create_view(f"v_{suffix}", f"a_{suffix}")
+    pipeline = Pipeline(tmp_path, postgis_dsn, "postgresql://unused@127.0.0.1:9/unused", monkeypatch)
+    monkeypatch.setenv("DATABRIDGE_CONN_AGO_FAULTS", ago_emu.connection_url("phl_etl"))
+    make_points_table(pipeline, "gis_flt", "violations", 120)
+    pipeline.config("flt__violations", AGO_DAILY.format(view=view.id, a=a.id, b=b.id))
+    yield pipeline, {"a": f"a_{suffix}", "b": f"b_{suffix}", "view": f"v_{suffix}"}
+    ago_emu.clear_faults()
+
+
+@pytest.mark.parametrize("case", list(AGO_FAULTS) + list(AGO_TRANSIENT_ONLY))
+def test_ago_transient_fault_is_retried_and_the_layer_published(ago_pipeline, ago_emu, monkeypatch, case):
+    pipeline, names = ago_pipeline
+    fault, match, options = {**AGO_FAULTS, **AGO_TRANSIENT_ONLY}[case]
+    if fault == "slow":
+        monkeypatch.setattr(ago_publish, "REQUEST_TIMEOUT", READ_TIMEOUT)
+    ago_emu.inject(fault, times=1, match=match, **options)
+    run = pipeline.run(Publish(dataset_id="flt__violations"))
+    assert run.ok, run.summary
+    hit = ago_emu.requests_to(match)
+    assert hit[0].fault == fault and len(hit) >= 2 and hit[1].fault is None
+    assert ago_emu.view_source(names["view"]) == names["b"]
+    rows = ago_emu.rows(names["view"])
+    assert len(rows) == 120 and len({r["attributes"]["address"] for r in rows}) == 120  # nothing doubled
+
+
+@pytest.mark.parametrize("case", list(AGO_FAULTS))
+def test_ago_persistent_fault_fails_in_bounded_time_naming_dataset_step_endpoint(ago_pipeline, ago_emu, monkeypatch,
+                                                                               failures, emulators, case):
+    pipeline, names = ago_pipeline
+    fault, match, options = AGO_FAULTS[case]
+    if fault == "slow":
+        monkeypatch.setattr(ago_publish, "REQUEST_TIMEOUT", READ_TIMEOUT)
+    ago_emu.inject(fault, times=None, match=match, **options)
+    started = time.monotonic()
+    run = pipeline.run(Publish(dataset_id="flt__violations"))
+    elapsed = time.monotonic() - started
+    ago_emu.clear_faults()
+    assert not run.ok and elapsed < BOUND
+    assert len(ago_emu.requests_to(match)) <= 2 * ago_publish.MAX_ATTEMPTS + 2  # bounded
+    if match.startswith("/sharing"):  # complete() cannot read the item: a scheduling error (luigi), not a task failure
+        assert "LoadAgo" in run.summary and not failures.seen
+        assert ago_emu.view_source(names["view"]) == names["a"]
+        return
+    endpoint = f"{ago_emu.url}/{ORG_ID}/arcgis/rest/services/{names['b']}/FeatureServer/0{match.split('/0', 1)[-1] if 'query' in match else ''}"
+    assert_clear_failure(failures, emulators["slack"], dataset_id="flt__violations", step="loadago", endpoint=endpoint,
+                         in_message=("flt__violations",))
+    assert AGO_PASSWORD not in json.dumps([r.to_json() for r in ago_emu.requests if "generateToken" not in r.path])
+    assert ago_emu.view_source(names["view"]) == names["a"] and ago_emu.rows(names["view"]) == []  # readers: as before

@@ -57,6 +57,7 @@ TOKEN_MINUTES = 60
 TOKEN_RENEW_SECONDS = 300  # renew a token this long before it expires
 REQUEST_TIMEOUT = 120.0
 MAX_ATTEMPTS = 6
+BACKOFF_INITIAL = 0.5  # seconds before the first retry; doubled each time, with jitter
 BACKOFF_CAP = 60.0
 RECOUNT_WAIT = 2.0  # AGO "has begun reporting the wrong number sometimes" right after a change (CITY)
 LEASE_SETTLE = 0.5
@@ -86,11 +87,13 @@ class AgoLoadError(RuntimeError):
 class AgoApiError(RuntimeError):
     """An AGO answer that is an error (an ``error`` envelope in a 200 body, or an HTTP error)."""
 
-    def __init__(self, operation: str, code: int | None, message: str, details: list[str] | None = None, *, uncertain: bool = False):
+    def __init__(self, operation: str, code: int | None, message: str, details: list[str] | None = None, *, uncertain: bool = False,
+                 url: str | None = None):
         self.operation, self.code, self.message, self.details = operation, code, message, details or []
         self.uncertain = uncertain  # an edit that may have gone through (timeout, gateway error, dropped connection)
         detail = f" ({'; '.join(self.details)})" if self.details else ""
-        super().__init__(redact(f"{operation}: {message}{detail}" + (f" [code {code}]" if code is not None else "")))
+        at = f" at {url}" if url else ""
+        super().__init__(redact(f"{operation}{at}: {message}{detail}" + (f" [code {code}]" if code is not None else "")))
 
 
 @dataclass
@@ -158,7 +161,7 @@ class AgoClient:
                 "expiration": str(TOKEN_MINUTES), "f": "json"}
         body = self._send("POST", f"{c.portal}/generateToken", "generateToken", data, auth=False)
         if "token" not in body:
-            raise AgoApiError("generateToken", None, "no token in the answer")
+            raise AgoApiError("generateToken", None, "no token in the answer", url=f"{c.portal}/generateToken")
         register_secret(body["token"])
         self._token = str(body["token"])
         self._expires = float(body.get("expires") or (time.time() + TOKEN_MINUTES * 60) * 1000) / 1000.0
@@ -205,7 +208,7 @@ class AgoClient:
     def _backoff(attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(float(retry_after), BACKOFF_CAP)
-        return min(BACKOFF_CAP, 0.5 * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+        return min(BACKOFF_CAP, BACKOFF_INITIAL * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
 
     def _send(self, method: str, url: str, operation: str, data: dict[str, Any], *, files: dict[str, Any] | None = None,
               auth: bool = True) -> dict[str, Any]:
@@ -217,29 +220,29 @@ class AgoClient:
             else:
                 reply = self.session.post(url, data=data, files=files, headers=headers, timeout=REQUEST_TIMEOUT)
         except (requests.ConnectionError, requests.Timeout, socket.timeout) as exc:
-            raise AgoApiError(operation, None, f"{type(exc).__name__}: {exc}", uncertain=True) from None
+            raise AgoApiError(operation, None, f"{type(exc).__name__}: {exc}", uncertain=True, url=url) from None
         if reply.status_code == 429:
-            error = AgoApiError(operation, 429, "throttled (HTTP 429)")
+            error = AgoApiError(operation, 429, "throttled (HTTP 429)", url=url)
             retry_after = reply.headers.get("Retry-After")
             error.retry_after = float(retry_after) if retry_after and retry_after.isdigit() else None  # type: ignore[attr-defined]
             raise error
         if reply.status_code >= 500:
-            raise AgoApiError(operation, reply.status_code, f"HTTP {reply.status_code}", uncertain=True)
+            raise AgoApiError(operation, reply.status_code, f"HTTP {reply.status_code}", uncertain=True, url=url)
         if reply.status_code >= 400:
-            raise AgoApiError(operation, reply.status_code, f"HTTP {reply.status_code}: {reply.text[:200]}")
+            raise AgoApiError(operation, reply.status_code, f"HTTP {reply.status_code}: {reply.text[:200]}", url=url)
         try:
             body = reply.json()
         except ValueError:
-            raise AgoApiError(operation, reply.status_code, f"not JSON: {reply.text[:120]!r}", uncertain=True) from None
+            raise AgoApiError(operation, reply.status_code, f"not JSON: {reply.text[:120]!r}", uncertain=True, url=url) from None
         if isinstance(body, dict) and isinstance(body.get("error"), dict):
             err = body["error"]
             message = str(err.get("message") or err.get("description") or "error")
             code = err.get("code")
             timed_out = "timed out" in message.lower()
             raise AgoApiError(operation, int(code) if isinstance(code, int) else None, message,
-                              [str(d) for d in err.get("details") or []], uncertain=timed_out or code in (500, 502, 503, 504))
+                              [str(d) for d in err.get("details") or []], uncertain=timed_out or code in (500, 502, 503, 504), url=url)
         if isinstance(body, dict) and "code" in body and "message" in body and "error" not in body and not body.get("success", True):
-            raise AgoApiError(operation, int(body["code"]), str(body["message"]))  # billing-style top-level error (§4.2)
+            raise AgoApiError(operation, int(body["code"]), str(body["message"]), url=url)  # billing-style top-level error (§4.2)
         return body
 
 
@@ -319,7 +322,7 @@ class AgoPublisher:
         if not url:
             raise AgoLoadError(f"{self.dataset.id}: item {item_id} has no service URL (is it a hosted feature layer?)")
         layer_url = f"{url}/{self.options.layer}"
-        info = self.client.get(layer_url, f"read layer {layer_url}")
+        info = self.client.get(layer_url, "read layer")
         return LayerInfo(layer_url, url, service_name(url), self.options.layer, info)
 
     def where(self) -> str:
@@ -439,7 +442,7 @@ class AgoPublisher:
         except BaseException as exc:
             self._release_quietly()
             if isinstance(exc, AgoApiError):
-                raise AgoLoadError(f"{self.dataset.id}: publish to {self.where()} failed ({self._what_readers_see()}): {exc}") from exc
+                raise AgoLoadError(f"{self.dataset.id}: {exc} (publish to {self.where()} stopped; {self._what_readers_see()})") from exc
             raise
         pushed = self._push(state) if changed else True
         elapsed = time.monotonic() - started
@@ -456,7 +459,7 @@ class AgoPublisher:
     def _swap_load(self, staged: Any, table_schema: Any, rows: int) -> tuple[dict[str, int], str, float]:
         view_item = self.item(str(self.options.item))
         view_url = str(view_item.get("url") or "").rstrip("/")
-        sources = self.client.get(f"{view_url}/sources", f"read sources of view {view_url}").get("services") or []
+        sources = self.client.get(f"{view_url}/sources", "read view sources").get("services") or []
         current = {s["name"] for s in sources}
         candidates = [self.layer_of(item_id) for item_id in self.options.sources]
         live = [c for c in candidates if c.service_name in current]
@@ -537,7 +540,7 @@ class AgoPublisher:
         if not layer.json.get("supportsTruncate", False):
             raise AgoLoadError(f"{self.dataset.id}: {layer.url} does not support truncate (a view, or sync enabled)")
         self.status(f"truncating {layer.service_name}")
-        body = self.client.post(f"{layer.admin_url}/truncate", f"truncate {layer.url}", attachmentOnly="false", **{"async": "false"})
+        body = self.client.post(f"{layer.admin_url}/truncate", "truncate", attachmentOnly="false", **{"async": "false"})
         if body.get("statusURL") or body.get("statusUrl"):
             self._wait_job(str(body.get("statusURL") or body.get("statusUrl")), f"truncate {layer.url}")
         elif not body.get("success"):
@@ -558,7 +561,7 @@ class AgoPublisher:
         raise AgoLoadError(f"{self.dataset.id}: {operation} job still running after {timeout:.0f}s")
 
     def count(self, layer: LayerInfo) -> int:
-        return int(self.client.get(f"{layer.url}/query", f"count {layer.url}", where="1=1", returnCountOnly="true")["count"])
+        return int(self.client.get(f"{layer.url}/query", "count", where="1=1", returnCountOnly="true")["count"])
 
     def _verify_count(self, layer: LayerInfo, expected: int, when: str) -> None:
         found = self.count(layer)
@@ -583,7 +586,7 @@ class AgoPublisher:
         last_row = first_row + len(features) - 1
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                body = self.client.post(f"{layer.url}/addFeatures", f"addFeatures rows {first_row}–{last_row} to {layer.url}",
+                body = self.client.post(f"{layer.url}/addFeatures", f"addFeatures rows {first_row}–{last_row}",
                                         edit=True, features=payload, rollbackOnFailure="true")
             except AgoApiError as exc:
                 if not exc.uncertain:
@@ -607,7 +610,7 @@ class AgoPublisher:
                 raise AgoLoadError(f"{self.dataset.id}: staged row {first_row + i} was refused by {layer.url}: "
                                    f"{(r.get('error') or {}).get('description')} (code {(r.get('error') or {}).get('code')})")
             return
-        raise AgoLoadError(f"{self.dataset.id}: addFeatures rows {first_row}–{last_row} to {layer.url} did not go through after {MAX_ATTEMPTS} tries")
+        raise AgoLoadError(f"{self.dataset.id}: addFeatures rows {first_row}–{last_row} at {layer.url}/addFeatures did not go through after {MAX_ATTEMPTS} tries")
 
     # --- upsert ------------------------------------------------------------------------------------------------
 
@@ -663,7 +666,7 @@ class AgoPublisher:
     def _read_all(self, layer: LayerInfo) -> Iterator[dict[str, Any]]:
         offset, page_size = 0, layer.max_records
         while True:
-            page = self.client.get(f"{layer.url}/query", f"read {layer.url}", where="1=1", outFields="*", returnGeometry="true",
+            page = self.client.get(f"{layer.url}/query", "read features", where="1=1", outFields="*", returnGeometry="true",
                                    orderByFields=layer.oid_field, resultOffset=str(offset), resultRecordCount=str(page_size),
                                    outSR=str(layer.wkid))
             features = page.get("features") or []
@@ -683,7 +686,7 @@ class AgoPublisher:
         before = self.count(layer)
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                body = self.client.post(f"{layer.url}/applyEdits", f"{label} on {layer.url}", edit=True, **data)
+                body = self.client.post(f"{layer.url}/applyEdits", label, edit=True, **data)
             except AgoApiError as exc:
                 if not exc.uncertain:
                     raise AgoLoadError(f"{self.dataset.id}: {label} refused by {layer.url} (rolled back): {exc}") from exc
@@ -702,7 +705,7 @@ class AgoPublisher:
                 raise AgoLoadError(f"{self.dataset.id}: deleting OBJECTID {bad[0].get('objectId')} from {layer.url} failed: {(bad[0].get('error') or {}).get('description')}")
             break
         else:
-            raise AgoLoadError(f"{self.dataset.id}: {label} on {layer.url} did not go through after {MAX_ATTEMPTS} tries")
+            raise AgoLoadError(f"{self.dataset.id}: {label} at {layer.url}/applyEdits did not go through after {MAX_ATTEMPTS} tries")
         counts["inserted"] += len(adds)
         counts["updated"] += len(updates)
         counts["deleted"] += len(deletes)
@@ -719,7 +722,7 @@ class AgoPublisher:
             return False
         oid_field = layer.oid_field
         sample = updates[0][1]
-        got = self.client.get(f"{layer.url}/query", f"re-read {layer.url}", objectIds=str(sample["attributes"][oid_field]), outFields="*", returnGeometry="false")
+        got = self.client.get(f"{layer.url}/query", "re-read edited feature", objectIds=str(sample["attributes"][oid_field]), outFields="*", returnGeometry="false")
         current = (got.get("features") or [{}])[0].get("attributes", {})
         return all(_same(current.get(k), v) for k, v in sample["attributes"].items())
 
@@ -775,7 +778,7 @@ class AgoPublisher:
             index = {"name": f"{'_'.join(columns)}_idx"[:60], "fields": ",".join(names), "isUnique": False, "isAscending": True,
                      "description": "databridge-luigi"}
             try:
-                self.client.post(f"{layer.admin_url}/addToDefinition", f"addToDefinition index {index['name']} on {layer.url}",
+                self.client.post(f"{layer.admin_url}/addToDefinition", f"addToDefinition index {index['name']}",
                                  addToDefinition=json.dumps({"indexes": [index]}), **{"async": "false"})
             except AgoApiError as exc:
                 if "invalid definition" not in exc.message.lower():

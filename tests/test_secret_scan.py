@@ -176,3 +176,63 @@ def test_no_secret_anywhere_after_a_publish_with_a_failure(world, luigid_logged,
     assert CARTO_KEY in json.dumps([(r.query, r.headers) for r in world["carto"].requests])
     leaks = [(where, secret) for where, text in places.items() for secret in SECRETS if secret in text]
     assert leaks == []
+
+
+# --- ArcGIS Online (issue 13) ---------------------------------------------------------------------------------
+
+AGO_PW = "ScanAgoPw-3e81c-T"
+
+
+def test_no_ago_secret_or_token_anywhere(tmp_path, aws, postgis_dsn, luigid_logged):
+    """A real worker process publishes to the AGO emulator with the password from Secrets Manager (one
+    dataset fails on a missing item): neither the password nor any token the emulator issued appears in
+    worker or luigid output, luigid's API and state file, or any process's argv/environment; no request
+    carried a token in its URL."""
+    from tests.emulators.ago import AgoEmulator, field_def
+
+    port, luigid_dir, luigid = luigid_logged
+    with psycopg.connect(postgis_dsn, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS gis_scan; DROP TABLE IF EXISTS gis_scan.ago_points")
+        conn.execute("CREATE TABLE gis_scan.ago_points AS SELECT g AS id, 'addr ' || g AS address, "
+                     "ST_SetSRID(ST_MakePoint(2690000 + g, 230000 + g), 2272)::geometry(Point, 2272) AS shape "
+                     "FROM generate_series(1, 90) g")
+    with AgoEmulator({"scan_user": AGO_PW}) as emu:
+        fields = [field_def("id", "esriFieldTypeInteger"), field_def("address", "esriFieldTypeString", 40)]
+        a, b = emu.create_service("scan_a", fields), emu.create_service("scan_b", fields)
+        view = emu.create_view("scan_view", "scan_a")
+        base = "schedule_interval: 0 * * * *\nupload_to_carto: false\nupload_to_ago: true\n"
+        for name, item in (("ago_points", view.id), ("ago_missing", "f" * 32)):
+            path = tmp_path / "configs" / "databridge" / "scan" / f"{name}.yml"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(base + f"source: {{table: ago_points}}\nago: {{item: {item}, sources: [{a.id}, {b.id}]}}\n")
+        prefix = f"scan-{uuid.uuid4().hex[:8]}/conn/"
+        boto3.client("secretsmanager").create_secret(Name=prefix + "ago", SecretString=emu.connection_url("scan_user"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABRIDGE_", "LUIGI_"))}
+        env.update({"DATABRIDGE_CONFIG_DIR": str(tmp_path / "configs"), "DATABRIDGE_STAGING": str(tmp_path / "staging"),
+                    "DATABRIDGE_SECRETS_PREFIX": prefix, "DATABRIDGE_CONN_DATABRIDGE": postgis_dsn})
+        with ProcessWatcher() as watcher:
+            worker = subprocess.run([LUIGI, "--module", "databridge_luigi", "PublishAll", "--scheduler-host", "127.0.0.1",
+                                     "--scheduler-port", str(port)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+        assert worker.returncode in (30, 35), worker.stderr[-3000:]
+        assert len(emu.rows("scan_view")) == 90 and emu.view_source("scan_view") == "scan_b"
+        assert "scan__ago_missing" in worker.stderr
+        failed = api(port, "task_list", status="FAILED", upstream_status="", search="")
+        errors = [api(port, "fetch_error", task_id=task_id) for task_id in failed]
+        done = api(port, "task_list", status="DONE", upstream_status="", search="")
+        assert any(t["name"] == "LoadAgo" for t in done.values())
+        luigid.terminate()
+        luigid.wait(timeout=20)
+        tokens = list(emu.tokens)
+        assert tokens and all(not r.query.get("token") and "token=" not in r.path for r in emu.requests)
+        # Positive control: the emulator did receive the password and the tokens (body and header).
+        assert AGO_PW in json.dumps([r.body.decode("utf-8", "replace") for r in emu.requests])
+        assert tokens[0] in json.dumps([r.headers for r in emu.requests])
+    places = {
+        "worker output": worker.stdout + worker.stderr,
+        "luigid log": (luigid_dir / "luigid.log").read_text("utf-8", "replace"),
+        "luigid API": json.dumps([failed, done, errors]),
+        "luigid state file": (luigid_dir / "state.pickle").read_bytes().decode("latin-1"),
+    }
+    places.update({f"process {pid} argv/environ": text for pid, text in watcher.seen.items()})
+    leaks = [(where, secret[:6]) for where, text in places.items() for secret in [AGO_PW, *tokens] if secret in text]
+    assert leaks == []

@@ -398,7 +398,7 @@ def _record_unchanged(dataset: Dataset, staged: StagedTable, previous: StagedTab
     manifest = staged.record_unchanged(previous, signal, created)
     if manifest.run_id != staged.run_id:
         return Outcome(manifest, False, f"already staged by run {manifest.run_id} ({manifest.staged_by})")
-    message = (f"unchanged since {manifest.unchanged_from} ({signal['kind']}: {signal['rows']} rows); "
-               f"version {staged.version} recorded without extracting")
+    message = (f"unchanged since {manifest.unchanged_from} (change signal: {signal['rows']} rows, nothing written since); "
+               f"version {staged.version} staged without extracting")
     log.info("%s: %s", dataset.id, message)
     return Outcome(manifest, False, message)

@@ -8,8 +8,9 @@ from .connections import install_log_redaction
 
 install_log_redaction()
 
-from .luigi_defaults import apply_retcodes  # noqa: E402
+from .luigi_defaults import apply_retcodes, install_one_line_errors  # noqa: E402
 
+install_one_line_errors()  # a user's error is one or two lines in luigi's log (DATABRIDGE_DEBUG=1: tracebacks)
 apply_retcodes()  # failures exit non-zero wherever the command runs (luigi.cfg is read from the working directory)
 
 

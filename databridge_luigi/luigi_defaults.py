@@ -13,6 +13,9 @@ and a hint, instead of luigi's three 30-second RPC retries and a long traceback.
 """
 from __future__ import annotations
 
+import logging
+import os
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -96,3 +99,68 @@ def probe(url: str) -> str | None:
         return str(getattr(reason, "strerror", None) or reason).lower()
     except OSError as exc:
         return str(exc.strerror or exc).lower()
+
+
+# --- one-line errors ---------------------------------------------------------------------------------------
+# luigi logs a failed task, or a task whose complete()/requires() raised, with a full traceback. For a
+# user's error (an unknown dataset id, a manual dataset without --force, a missing table, a read-only
+# staging directory) the last line says it all: the log keeps the line luigi wrote and the error under it.
+# Programming errors keep their traceback, and DATABRIDGE_DEBUG=1 keeps every traceback.
+
+BUG_TYPES = ("TypeError", "AttributeError", "NameError", "UnboundLocalError", "AssertionError", "IndexError",
+             "ImportError", "ModuleNotFoundError", "SyntaxError", "RecursionError", "NotImplementedError")
+_SCHEDULING = re.compile(r"^(?P<head>Will not run .*? due to error in \w+\(\) method):\n(?P<tb>Traceback .*)$", re.S)
+
+
+def _exception_line(text: str) -> str | None:
+    """The ``Type: message`` that ends a formatted traceback (a message of several lines joined into one),
+    or None for a programming error."""
+    lines = text.rstrip().splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    start = frames[-1] + 1 if frames else 0
+    while start < len(lines) and lines[start].startswith("    "):  # the frame's code line and ^^^ markers
+        start += 1
+    message = " ".join(line.strip() for line in lines[start:] if line.strip())
+    kind = message.split(":", 1)[0].rsplit(".", 1)[-1]
+    if not message or kind in BUG_TYPES:
+        return None
+    if kind == "KeyError" and message.endswith('"') and ': "' in message:  # KeyError's str() quotes its message
+        message = message.replace(': "', ": ", 1)[:-1]
+    return message
+
+
+def exception_text(exc: BaseException) -> str | None:
+    """``Type: message`` for a user's error, None for a programming error."""
+    if type(exc).__name__ in BUG_TYPES:
+        return None
+    message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return f"{type(exc).__name__}: {' '.join(part.strip() for part in message.splitlines() if part.strip())}"
+
+
+class OneLineErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if os.environ.get("DATABRIDGE_DEBUG", "").lower() in ("1", "on", "true", "yes"):
+            return True
+        try:
+            if record.exc_info and record.exc_info[1] is not None:
+                text = exception_text(record.exc_info[1])
+                if text is not None:
+                    from .connections import redact
+
+                    record.msg, record.args = f"{record.getMessage()}\n{redact(text)}", ()
+                    record.exc_info, record.exc_text = None, None
+            elif isinstance(record.msg, str) and "Traceback" in record.msg:
+                match = _SCHEDULING.match(record.getMessage())
+                line = _exception_line(match["tb"]) if match else None
+                if match and line is not None:
+                    record.msg, record.args = f"{match['head']}:\n{line}", ()
+        except Exception:  # a log filter must never lose the record
+            pass
+        return True
+
+
+def install_one_line_errors() -> None:
+    """Attach the filter to luigi's logger (idempotent)."""
+    logger = logging.getLogger("luigi-interface")
+    if not any(isinstance(f, OneLineErrors) for f in logger.filters):
+        logger.addFilter(OneLineErrors())

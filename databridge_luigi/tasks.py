@@ -110,7 +110,8 @@ class DatasetTask(luigi.Task):
     def on_failure(self, exception: BaseException) -> str:
         # What luigid shows and stores, redacted like every log line: the one-line error first (also the
         # task's status message, in place of its last progress message), then the traceback.
-        line = f"{self.dataset_id}: {self.get_task_family()} failed: {runs.error_line(exception)}"
+        error, prefix = runs.error_line(exception), f"{self.dataset_id}: "
+        line = f"{prefix}{self.get_task_family()} failed: {error.removeprefix(prefix)}"
         reporter = getattr(self, "_status_reporter", None)
         if reporter is not None:
             try:

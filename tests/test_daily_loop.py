@@ -169,3 +169,58 @@ def test_history_lists_versions_and_failures(morning):
     assert all(" 50 " in line for line in lines[2:])
     failed = cli(elsewhere, env, "history", "demo__missing_source")
     assert failed.returncode == 0 and "failed at Extract" in failed.stdout and "no_such_table" in failed.stdout
+
+
+# --- 3. a user's error is one or two lines ---------------------------------------------------------------
+
+def assert_short(result: subprocess.CompletedProcess, *expected: str) -> None:
+    """No traceback; each expected text on one line, right under luigi's own line about the task."""
+    assert "Traceback" not in result.stderr and 'File "' not in result.stderr, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+    for text in expected:
+        hits = [i for i, line in enumerate(lines) if text in line]
+        assert hits, (text, result.stderr[-3000:])
+        before = lines[hits[0] - 1]
+        assert before.startswith(("WARNING: Will not run", "ERROR: [pid")) or text in before, before
+
+
+def test_user_errors_are_two_lines_without_traceback(demo, tmp_path):
+    env, elsewhere, _ = demo
+    configs = tmp_path / "cfg"
+    (configs / "databridge/demo").mkdir(parents=True)
+    (configs / "databridge/demo/by_hand.yml").write_text("schedule_interval: false\n" + OK_BODY + "source: {schema: main, table: violations}\n")
+    env = dict(env, DATABRIDGE_CONFIG_DIR=str(configs))
+    unknown = luigi(elsewhere, env, "Publish", "--dataset-id", "demo__by_hnd", "--local-scheduler")
+    assert unknown.returncode == 35
+    assert_short(unknown, f"KeyError: no dataset 'demo__by_hnd' in {configs}; did you mean 'demo__by_hand'?")
+    manual = luigi(elsewhere, env, "Publish", "--dataset-id", "demo__by_hand", "--local-scheduler")
+    assert manual.returncode == 35
+    assert_short(manual, "demo__by_hand is a manual dataset (schedule_interval: false); publish it with --force or --version")
+    bad_version = luigi(elsewhere, env, "Publish", "--dataset-id", "demo__by_hand", "--version", "yesterday", "--local-scheduler")
+    assert bad_version.returncode == 35
+    assert_short(bad_version, "version must look like 20261124T110400Z, got 'yesterday'")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    staging = luigi(elsewhere, dict(env, DATABRIDGE_STAGING=str(blocker / "staging")), "Publish", "--dataset-id", "demo__by_hand",
+                    "--force", "--local-scheduler")
+    assert staging.returncode in (30, 35)
+    assert_short(staging, f"Not a directory: '{blocker}/staging/demo__by_hand/")
+    debug = luigi(elsewhere, dict(env, DATABRIDGE_DEBUG="1"), "Publish", "--dataset-id", "demo__by_hnd", "--local-scheduler")
+    assert debug.returncode == 35 and "Traceback (most recent call last)" in debug.stderr
+
+
+def test_user_names_are_redacted_alike_for_sources_and_destinations(demo):
+    """A URL whose user name is its only credential has it masked wherever it shows, source or destination;
+    a user with a password is shown, wherever it shows."""
+    env, elsewhere, _ = demo
+    extract = ("Extract", "--dataset-id", "demo__violations", "--version", "20261124T000000Z", "--local-scheduler")
+    publish = ("Publish", "--dataset-id", "demo__violations", "--force", "--local-scheduler")
+    for user, password, shown in (("tokenlike_user_4411", "", False), ("named_user_4412", ":pw-77x", True)):
+        url = f"postgresql://{user}{password}@127.0.0.1:5432/postgres"
+        source = luigi(elsewhere, dict(env, DATABRIDGE_CONN_DATABRIDGE=url), *extract)
+        destination = luigi(elsewhere, dict(env, DATABRIDGE_CONN_CARTO_PHL=url), *publish)
+        assert source.returncode == 30 and destination.returncode == 35
+        for result in (source, destination):
+            assert 'FATAL:  role "' in result.stderr, result.stderr[-2000:]
+            assert (user in result.stderr) is shown, result.stderr[-2000:]
+            assert "pw-77x" not in result.stderr

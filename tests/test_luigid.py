@@ -84,12 +84,32 @@ def test_luigid_shows_status_and_progress_without_secrets(env, luigid):
     loads = {tid: t for tid, t in done.items() if t["name"] == "Load"}
     extracts = {tid: t for tid, t in done.items() if t["name"] == "Extract"}
     assert len(loads) == 3 and len(extracts) == 3
-    for task in loads.values():
-        assert task["status_message"].startswith("published ") and " rows to carto_phl:public." in task["status_message"]
+    for task in loads.values():  # status messages carry the dataset id: luigid lists tasks, not datasets
+        dataset_id = task["params"]["dataset_id"]
+        assert task["status_message"].startswith(f"{dataset_id}: published ") and " rows to carto_phl:public." in task["status_message"]
         assert task["progress_percentage"] == 100
     for task in extracts.values():
-        assert task["status_message"].startswith("staged ") and task["progress_percentage"] == 100
+        assert task["status_message"].startswith(f"{task['params']['dataset_id']}: staged ") and task["progress_percentage"] == 100
     assert SECRET not in json.dumps(done)
+
+
+def test_a_failed_task_shows_its_one_line_error(env, luigid, tmp_path):
+    """The failed task's status message is its error (not its last progress message), and the error text
+    luigid stores starts with that line."""
+    broken = dict(env, DATABRIDGE_CONN_DATABRIDGE=f"sqlite:///{tmp_path}/no-such-dir/x.sqlite")
+    result = luigi(broken, "Publish", "--dataset-id", "demo__violations", "--force", "--scheduler-host", "127.0.0.1",
+                   "--scheduler-port", str(luigid))
+    assert result.returncode == 30, result.stderr[-2000:]
+    failed = api(luigid, "task_list", status="FAILED", upstream_status="", search="")
+    (task_id, task), = failed.items()
+    assert task["name"] == "Extract"
+    message = task["status_message"]
+    assert message.startswith("demo__violations: Extract failed: ") and "\n" not in message, message
+    assert "unable to open database file" in message or "x.sqlite" in message, message
+    error = json.loads(api(luigid, "fetch_error", task_id=task_id)["error"])  # luigid keeps it JSON-encoded
+    assert error.startswith(message + "\n")
+    assert message.count("demo__violations") == 1
+    assert "Traceback" in error  # the details are still there, under the line
 
 
 @pytest.mark.parametrize("extra, expected", [

@@ -81,7 +81,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     rows = [("DATASET", "KIND", "SCHEDULE (UTC)", "SOURCE", "DESTINATION")]
     for d in registry:
         schedule = d.schedule or "manual"
-        destination = f"{d.dest_conn}:{d.dest_table}" if d.publish else "(staging only)"
+        destination = f"{d.dest_conn}:{d.dest_table}" if d.publish else ("" if d.ago else "(staging only)")
+        if d.ago is not None:  # ArcGIS Online: a destination of its own
+            destination += (" + " if destination else "") + f"{d.ago.conn}:item {d.ago.item} [{d.ago.mode}]"
         if not d.enabled:
             destination += " [disabled]"
         rows.append((d.id, d.kind, schedule, f"{d.source_conn}:{d.source_schema + '.' if d.source_schema else ''}{d.source_table}", destination))
@@ -116,14 +118,28 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 note = f"{d.dest_conn}: {redact_exception(exc).splitlines()[0][:300]}"
                 number = notes.setdefault(note, len(notes) + 1)
                 state = f"unknown [{number}]"
+        if d.ago is not None:
+            state = _ago_state(d, version, state, notes)
         rows.append((d.id, version, state, following))
     _print_table(rows)
     if notes:
-        print(f"\n{sum(1 for r in rows if r[2].startswith('unknown'))} dataset(s) could not be checked:")
+        print(f"\n{sum(1 for r in rows if 'unknown' in r[2])} dataset(s) could not be checked:")
         for note, number in notes.items():
             print(f"[{number}] {note}")
     _report_broken(registry.problems, registry.root)
     return 1 if notes or registry.problems else 0
+
+
+def _ago_state(d: Dataset, version: str, state: str, notes: dict[str, int]) -> str:
+    """The plan's PUBLISHED column with the dataset's ArcGIS Online destination added."""
+    from .publish.ago import AgoPublishedTarget
+
+    try:
+        ago = "yes" if AgoPublishedTarget(d, version).exists() else "DUE"
+    except Exception as exc:
+        note = f"{d.ago.conn if d.ago else '-'}: {redact_exception(exc).splitlines()[0][:300]}"
+        ago = f"unknown [{notes.setdefault(note, len(notes) + 1)}]"
+    return f"{state}, ago {ago}" if d.publish else f"ago {ago}"
 
 
 def cmd_status(args: argparse.Namespace) -> int:

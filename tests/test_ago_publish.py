@@ -303,3 +303,74 @@ def test_luigi_publish_to_carto_destination_and_ago_from_one_staged_version(pipe
     forced = pipeline.run(Publish(dataset_id="lni__violations", force=True))
     assert not forced.ok and "LoadAgo" in forced.summary
     assert len(pipeline.markers("lni__violations")) == 2  # the SQL load went ahead on its own
+
+
+def test_validate_list_and_plan_show_the_ago_destination(world: World, emu: AgoEmulator, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from databridge_luigi import cli
+
+    bad = tmp_path / "configs" / "databridge" / "dor" / "broken.yml"
+    bad.write_text(json.dumps({"schedule_interval": "0 6 * * *", "upload_to_carto": False, "upload_to_ago": True,
+                               "ago": {"item": "nope", "mode": "sideways"}}))
+    missing = tmp_path / "configs" / "databridge" / "dor" / "noblock.yml"
+    missing.write_text(json.dumps({"schedule_interval": "0 6 * * *", "upload_to_carto": False, "upload_to_ago": True}))
+    assert cli.main(["validate", str(tmp_path / "configs")]) == 1
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "broken.yml: ago.item: 'nope' is not an ArcGIS item id" in text and "broken.yml: ago.mode" in text
+    assert "noblock.yml: ago: required when upload_to_ago is true" in text
+    bad.unlink()
+    missing.unlink()
+    monkeypatch.setenv("DATABRIDGE_CONFIG_DIR", str(tmp_path / "configs"))
+    monkeypatch.setenv("DATABRIDGE_STAGING", str(tmp_path / "staging"))
+    cli.main(["list"])
+    assert f"ago_test:item {world.view.id} [swap]" in capsys.readouterr().out
+    from databridge_luigi.schedule import due_version
+
+    due = due_version("0 6 * * *")
+    cli.main(["plan"])
+    assert "ago DUE" in capsys.readouterr().out
+    world.publisher().load(world.stage(due, rows(10)))
+    cli.main(["plan"])
+    assert "ago yes" in capsys.readouterr().out
+
+
+def test_a_second_loader_waits_for_the_lease_then_fails_naming_the_holder(world: World, emu: AgoEmulator) -> None:
+    staged = world.stage("20261201T060000Z", rows(400))
+    holder = world.publisher()
+    holder._acquire_lease()
+    second = world.publisher()
+    started = time.monotonic()
+    with pytest.raises(AgoLoadError, match=rf"being loaded by {holder.run_id}"):
+        second._acquire_lease(wait_seconds=1.0)
+    assert 1.0 <= time.monotonic() - started < 5
+    assert not emu.requests_to("addFeatures")
+    holder._release()
+    assert second.load(staged).rewritten  # free again: the next loader goes ahead
+
+
+def test_truncate_append_and_indexes_are_idempotent(tmp_path: Path, emu: AgoEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    world = World(tmp_path, emu, monkeypatch, mode="truncate_append")
+    world.publisher().load(world.stage("20261201T060000Z", rows(90)))
+    world.publisher().load(world.stage("20261202T060000Z", rows(95, "b")), force=True)
+    assert names(emu, "parcels_blue") == [f"b{i}" for i in range(95)]
+    assert sum(1 for i in emu.layer("parcels_blue").indexes if i["fields"] == "name") == 1
+    assert len([r for r in emu.requests_to("addToDefinition")]) == 1  # the second run saw the index and posted nothing
+
+
+def test_emulator_runs_as_a_process(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "tests.emulators.ago", "--port", "0", "--user", "u1:pw-123456"],
+                               cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, text=True)
+    try:
+        url = process.stdout.readline().strip()  # type: ignore[union-attr]
+        made = requests.post(f"{url}/__emulator__/services", json={"name": "svc", "fields": FIELDS}).json()
+        token = requests.post(f"{url}/sharing/rest/generateToken", data={"username": "u1", "password": "pw-123456", "f": "json"}).json()["token"]
+        assert requests.get(f"{made['url']}/0", params={"f": "json"}, headers={"X-Esri-Authorization": f"Bearer {token}"}).json()["name"] == "svc"
+        requests.post(f"{url}/__emulator__/expire_tokens")
+        assert requests.get(f"{made['url']}/0", params={"f": "json", "token": token}).json()["error"]["code"] == 498
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

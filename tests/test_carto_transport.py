@@ -518,3 +518,64 @@ def test_rotated_api_key_is_reread_from_secrets_manager_once(pipeline, emu, cart
         assert rotated not in again.summary and "phl-master-KEY-elsewhere-9" not in caplog.text
     finally:
         emu.account("phl").master_key = PHL_KEY
+
+
+# --- load modes and the lease over the SQL API (no persistent session) ------------------------------------
+
+def test_merge_on_carto_keeps_cartodb_id_of_rows_it_does_not_insert(pipeline, emu, carto_db, monkeypatch):
+    make_points_table(pipeline, "gis_cartot", "violations", 200)
+    pipeline.config("cartot__violations", DAILY + "primary_key: [objectid]\n")
+    assert pipeline.run(PublishAll()).ok
+    table_oid = oid(carto_db, "phl.violations")
+    ids_before = dict(db(carto_db, "SELECT objectid, cartodb_id FROM phl.violations"))
+    pipeline.source("UPDATE gis_cartot.violations SET address = 'new ' || address WHERE objectid <= 3")
+    pipeline.source("DELETE FROM gis_cartot.violations WHERE objectid IN (4, 5)")
+    pipeline.source("INSERT INTO gis_cartot.violations SELECT 9001, address, code, opened, fine, shape FROM gis_cartot.violations WHERE objectid = 6")
+    at(monkeypatch, "2026-11-25T12:00:00")
+    run = pipeline.run(PublishAll())
+    assert run.ok, run.summary
+    assert oid(carto_db, "phl.violations") == table_oid
+    assert db(carto_db, "SELECT mode, inserted, updated, deleted, unchanged FROM phl.databridge_luigi_publications "
+                        "WHERE version = '20261125T110400Z'") == [("merge", 1, 3, 2, 195)]
+    ids_after = dict(db(carto_db, "SELECT objectid, cartodb_id FROM phl.violations"))
+    kept = {k: v for k, v in ids_before.items() if k not in (4, 5)}
+    assert {k: ids_after[k] for k in kept} == kept, "updated and unchanged rows must keep their cartodb_id"
+    assert ids_after[9001] > max(ids_before.values())
+    # The new row's the_geom_webmercator comes from CARTO's own trigger, as for rows CARTO users insert.
+    assert db(carto_db, "SELECT the_geom_webmercator IS NOT NULL FROM phl.violations WHERE objectid = 9001") == [(True,)]
+
+
+def test_replace_on_carto_rewrites_rows_in_the_same_table(pipeline, emu, carto_db, monkeypatch):
+    publish_once(pipeline, rows=120)
+    table_oid = oid(carto_db, "phl.violations")
+    pipeline.source("UPDATE gis_cartot.violations SET address = 'new ' || address")
+    at(monkeypatch, "2026-11-25T12:00:00")
+    run = pipeline.run(PublishAll())
+    assert run.ok, run.summary
+    assert oid(carto_db, "phl.violations") == table_oid
+    assert db(carto_db, "SELECT count(*), count(the_geom_webmercator) FROM phl.violations WHERE address LIKE 'new %'") == [(120, 120)]
+    assert db(carto_db, "SELECT mode FROM phl.databridge_luigi_publications WHERE version = '20261125T110400Z'") == [("replace",)]
+    assert db(carto_db, "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'violations\\_\\_shadow%'") == [(0,)]
+    assert db(carto_db, "SELECT count(*) FROM phl.databridge_luigi_leases") == [(0,)]
+
+
+def test_a_load_held_by_another_run_fails_naming_it(pipeline, emu, carto_db, monkeypatch, caplog):
+    import luigi
+
+    publish_once(pipeline, rows=50)
+    before = digest(carto_db, "phl.violations")
+    db(carto_db, "INSERT INTO phl.databridge_luigi_leases VALUES ('phl.violations', 'cartot__violations', "
+                 "'0badc0ffee0000000000000000000000', 'worker-7', 4242, 'worker-7|pid:[1]|4242|1', 'violations__shadow_0badc0', "
+                 "now(), now() + interval '1 hour')")
+    config = luigi.configuration.get_config()
+    config.set("databridge", "lease_wait_seconds", "1")
+    try:
+        pipeline.source("UPDATE gis_cartot.violations SET address = 'new ' || address")
+        at(monkeypatch, "2026-11-25T12:00:00")
+        with caplog.at_level(logging.ERROR):
+            assert not pipeline.run(PublishAll()).ok
+    finally:
+        config.remove_option("databridge", "lease_wait_seconds")
+    assert "another load of cartot__violations is running (run 0badc0ffee00, host worker-7 pid 4242, since" in caplog.text
+    assert digest(carto_db, "phl.violations") == before
+

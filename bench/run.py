@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: databridge-luigi against the floor and its peers, side by side on the same data, in one run.
 
-    .venv/bin/python bench/run.py --quick            # 100k rows, one run each, 20 no-op datasets: ~2 minutes
+    .venv/bin/python bench/run.py --quick            # 100k rows, 20 small datasets, one run each: ~2 minutes
     .venv/bin/python bench/run.py                    # N = 100k and 1M, median of --repeats (3) runs each
     .venv/bin/python bench/run.py --rows 100000      # one size
     .venv/bin/python bench/run.py --with-5m          # add 5M rows
@@ -19,6 +19,8 @@ types, ~150 bytes a row) and measures, into the same destination database:
   sling+GiST   the same with post_sql: the column cast to geometry(Point,2272), a GiST index, ANALYZE
   dlt          dlt sql_table → postgres, write_disposition=replace (insert-from-staging), same rows (geometry as EWKT)
   no-op        PublishAll over 100 (--quick: 20) configured, already-published datasets (decides "nothing to do")
+  many small   100 (--quick: 20) datasets of 10k rows, first publish: ours PublishAll with --workers 1 and 2,
+               against a floor + GiST + ANALYZE shell loop and an ogr2ogr loop over the same tables
 
 Each contestant runs --repeats times (interleaved with the others, each after a CHECKPOINT); the table shows
 the median wall seconds, rows/s, ratio to the floor and the largest peak RSS of the measured process tree
@@ -311,6 +313,52 @@ class Bench:
         return Result(f"no-op PublishAll over {datasets} published datasets", datasets, seconds, peak)
 
 
+    def many(self, datasets: int, rows: int, repeat: int) -> list[Result]:
+        """Many small datasets, each published for the first time: per-dataset fixed cost decides here."""
+        table = f"points_{rows}"
+        if not self._exists(self.src, f"bench.{table}"):
+            self.make_table(rows)
+        label = f"{datasets} datasets × {rows // 1000}k rows"
+        results: list[Result] = []
+        for workers in (1, 2):
+            prefix = f"many{repeat}w{workers}"
+            config = self.config(f"cfg_{prefix}", {f"{prefix}__t{i:03d}": table for i in range(datasets)})
+            for path in config.rglob("*.yml"):  # each dataset its own destination table
+                path.write_text(path.read_text().replace(f"destination: {{table: {table}}}", f"destination: {{table: {prefix}_{path.stem}}}"))
+            env = self.env(config, self.dest)
+            env["DATABRIDGE_STAGING"] = f"s3://bench/{prefix}"  # nothing staged yet: extract and load every dataset
+            self.settle()
+            seconds, peak = run_measured([str(BIN / "luigi"), "--module", "databridge_luigi", "PublishAll", "--local-scheduler",
+                                          "--workers", str(workers)], env=env)
+            results.append(Result(f"{label}: ours PublishAll --workers {workers}", datasets, seconds, peak))
+        script = self.workdir / f"floor_loop_{repeat}.sh"
+        script.write_text("set -e\n" + "".join(
+            f"psql '{self.src}' -qc \"\\copy ({FLOOR_SELECT.format(table=table)}) TO STDOUT\" | "
+            f"psql '{self.dest}' -q -c 'CREATE TABLE floorm{repeat}_{i} ({COLUMNS})' -c \"\\copy floorm{repeat}_{i} FROM STDIN\" "
+            f"-c 'CREATE INDEX ON floorm{repeat}_{i} USING gist (geom)' -c 'ANALYZE floorm{repeat}_{i}'\n" for i in range(datasets)))
+        self.settle()
+        seconds, peak = run_measured(["bash", str(script)])
+        results.append(Result(f"{label}: floor + GiST + ANALYZE, shell loop", datasets, seconds, peak))
+        binary = shutil.which("ogr2ogr")
+        name = f"{label}: ogr2ogr loop (PG_USE_COPY, GiST)"
+        if binary is None:
+            results.append(Result(name, datasets, None, None, "ogr2ogr not installed: apt-get install gdal-bin"))
+        else:
+            script = self.workdir / f"ogr_loop_{repeat}.sh"
+            script.write_text("set -e\nexport PG_USE_COPY=YES\n" + "".join(
+                f"'{binary}' -f PostgreSQL 'PG:{self.dest}' 'PG:{self.src}' bench.{table} -nln ogrm{repeat}_{i} -overwrite "
+                "-lco GEOMETRY_NAME=geom -lco SPATIAL_INDEX=GIST\n" for i in range(datasets)))
+            self.settle()
+            seconds, peak = run_measured(["bash", str(script)])
+            results.append(Result(name, datasets, seconds, peak))
+        return results
+
+    @staticmethod
+    def _exists(dsn: str, name: str) -> bool:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
+
+
 def with_password(url: str) -> str:
     """dlt and sling insist on a password in a URL; the local server's trust auth ignores it."""
     return url.replace("postgresql://postgres@", "postgresql://postgres:unused@")
@@ -332,13 +380,14 @@ def sling_binary() -> str | None:
 
 def render(results: list[Result]) -> str:
     floors = {r.rows: r.seconds for r in results if r.name.startswith("floor (") and r.seconds}
-    lines = ["| contestant | rows | seconds | rows/s | ratio to floor | peak RSS (MB, process tree) |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| contestant | rows (datasets) | seconds | rows/s | ratio to floor | peak RSS (MB, process tree) |", "|---|---:|---:|---:|---:|---:|"]
     for r in results:
         if r.seconds is None:
             lines.append(f"| {r.name} | {r.rows:,} | – | – | – | – ({r.note}) |")
             continue
-        ratio = f"{r.seconds / floors[r.rows]:.2f}" if r.rows in floors and not r.name.startswith("no-op") else "–"
-        rate = f"{r.rows / r.seconds:,.0f}" if not r.name.startswith("no-op") else "–"
+        per_dataset = r.name.startswith("no-op") or " datasets × " in r.name
+        ratio = f"{r.seconds / floors[r.rows]:.2f}" if r.rows in floors and not per_dataset else "–"
+        rate = f"{r.rows / r.seconds:,.0f}" if not per_dataset else f"{r.seconds / r.rows * 1000:.0f} ms/dataset"
         lines.append(f"| {r.name} | {r.rows:,} | {r.seconds:.2f} | {rate} | {ratio} | {r.peak_mb:.0f} |")
     return "\n".join(lines)
 
@@ -362,6 +411,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=None, help="runs per contestant, the median is shown (default 3; --quick: 1)")
     parser.add_argument("--quick", action="store_true", help="100k rows, one run each, 20 no-op datasets: a smoke run of every contestant")
     parser.add_argument("--skip-dlt", action="store_true")
+    parser.add_argument("--skip-many", action="store_true", help="leave out the many-small-datasets rows")
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
     rows_arg = args.rows or ("100000" if args.quick else "100000,1000000")
@@ -390,6 +440,12 @@ def main() -> int:
                     runs[index].append(contestant(table, rows))
             results += [combine(r) for r in runs]
             print(render(results), "\n", flush=True)
+        if not args.skip_many:
+            many: list[list[Result]] = []
+            for repeat in range(repeats):
+                for index, result in enumerate(bench.many(20 if args.quick else 100, 10_000, repeat)):
+                    (many.append([result]) if repeat == 0 else many[index].append(result))
+            results += [combine(r) for r in many]
         results.append(bench.noop(20 if args.quick else 100))
     finally:
         bench.close()

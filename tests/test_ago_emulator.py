@@ -2,7 +2,8 @@
 
 Independent clients (none of our code): ``restapi`` (PyPI ``bmi-arcgis-restapi``, a third-party ArcGIS REST
 client) for layer metadata, ``addFeatures``/``updateFeatures``/``deleteFeatures``/``applyEdits`` and their
-per-item results, ids and counts; ``esridump`` (OpenAddresses' reader) for the read path — layer JSON,
+per-item results, ids and counts, and its AGOL admin classes for ``truncate`` (async job and status
+polling), ``addToDefinition`` and the view swap (``deleteFromDefinition`` + ``addToDefinition``); ``esridump`` (OpenAddresses' reader) for the read path — layer JSON,
 ``returnCountOnly``, ``outStatistics``, ``resultOffset`` paging under ``maxRecordCount`` — and its Esri JSON →
 GeoJSON conversion, which reads ring winding (clockwise outers, counter-clockwise holes); ``arcgis2geojson``
 for the same semantics on a query answer. Esri's own ``arcgis`` package is not installed here (hundreds of MB
@@ -231,3 +232,37 @@ def test_faults_throttle_timeout_after_commit_and_stale_count(emu: AgoEmulator) 
     assert count() == 1  # stale for a moment, as the City saw
     time.sleep(0.35)
     assert count() == 0
+
+
+def test_restapi_admin_truncate_async_indexes_and_view_swap(emu: AgoEmulator) -> None:
+    """restapi's AGOL admin classes: truncate with runAsync (its waitForAsync polls statusURL for exactly
+    "Completed"), addToDefinition (then refresh and a reload of the admin JSON), and the view swap as two
+    service-level calls; an index posted twice comes back as an error restapi raises."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from restapi.admin import AGOLFeatureLayer, AGOLFeatureService
+
+    blue, green = emu.create_service("s_blue", FIELDS), emu.create_service("s_green", FIELDS)
+    emu.create_view("s_view", "s_blue")
+    tok = token(emu)
+    post(f"{blue.url}/0/addFeatures", tok, features=json.dumps([{"attributes": {"n": i}, "geometry": {"x": i, "y": i}} for i in range(4)]))
+    reply = requests.post(f"{emu.url}/sharing/rest/generateToken", data={"username": USER, "password": PASSWORD, "f": "json"}).json()
+    admin_token = Token({**reply, "isAGOL": True, "isPortal": False, "isAdmin": True, "domain": emu.services_root})
+    admin = f"{emu.url}/fLeGjb7u4uXqeF9q/arcgis/rest/admin/services"
+    layer = AGOLFeatureLayer(f"{admin}/s_blue/FeatureServer/0", token=admin_token)
+    assert layer.json["supportsTruncate"] is True
+    assert layer.truncate(attachmentOnly=False, runAsync=True)["status"] == "Completed"
+    assert emu.rows("s_blue") == [] and len(emu.requests_to("/jobs/")) >= 2
+    index = {"indexes": [{"name": "n_idx", "fields": "n", "isUnique": False, "isAscending": True, "description": ""}]}
+    assert layer.addToDefinition(index)["success"] is True
+    assert any(i["name"] == "n_idx" for i in emu.layer("s_blue").indexes)
+    with pytest.raises(Exception, match="Invalid definition"):
+        layer.addToDefinition(index)
+    view = AGOLFeatureService(f"{admin}/s_view/FeatureServer", token=admin_token)
+    assert view.deleteFromDefinition({"layers": [{"id": 0}], "tables": []})["success"] is True
+    swap = {"layers": [{"id": 0, "name": "s_view", "adminLayerInfo": {"viewLayerDefinition": {
+        "sourceServiceName": "s_green", "sourceLayerId": 0, "sourceLayerFields": "*"}}}]}
+    assert view.addToDefinition(swap)["success"] is True
+    assert emu.view_source("s_view") == "s_green"
+    with pytest.raises(Exception, match="Truncate|truncate|not support"):
+        AGOLFeatureLayer(f"{admin}/s_view/FeatureServer/0", token=admin_token).truncate(attachmentOnly=False)

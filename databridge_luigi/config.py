@@ -30,6 +30,12 @@ KINDS = ("databridge", "knack", "airtable")
 DEFAULT_CARTO_CONN = "carto_phl"
 # A table's shadow is "<table>__shadow" and identifiers stop at 63 bytes in PostgreSQL.
 MAX_TABLE_NAME = 63 - len("__shadow")
+MAX_SOURCE_TABLE_BYTES = 63  # PostgreSQL's identifier limit
+MAX_CONFIG_BYTES = 64 * 1024  # a dataset config is a few hundred bytes; a runaway file is refused before parsing
+# Columns CARTO makes (and indexes) itself; on PostGIS they never exist. Indexing them fails after the COPY.
+CARTO_COLUMNS = ("the_geom", "the_geom_webmercator", "cartodb_id")
+# croniter's random (R) and hashed (H) fields: a schedule must give the same versions on every call.
+_CRON_NONDETERMINISTIC = re.compile(r"(^|[,/(-])[RH]($|[,/(-])")
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_#$]*$")
 _CONN_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
@@ -69,6 +75,15 @@ class SourceOptions(_Strict):
         # Source names are quoted as given (Oracle and SQL Server allow odd ones); only what no database allows is refused.
         if value is not None and (not value.strip() or "\x00" in value or len(value.encode()) > 128):
             raise ValueError(f"{value!r} is not a table or schema name (empty, NUL byte, or over 128 bytes)")
+        return value
+
+    @field_validator("table")
+    @classmethod
+    def _source_table_length(cls, value: str | None) -> str | None:
+        # PostgreSQL silently truncates a longer name to 63 bytes and would read another table (or none).
+        if value is not None and len(value.encode()) > MAX_SOURCE_TABLE_BYTES:
+            raise ValueError(f"{value!r} is {len(value.encode())} bytes; source table names are limited to "
+                             f"{MAX_SOURCE_TABLE_BYTES} (PostgreSQL would silently use a truncated name)")
         return value
 
 
@@ -267,6 +282,10 @@ class DatasetFile(_Strict):
         if isinstance(value, str):
             if value.strip().lower() in ("none", "null", "false", ""):
                 raise ValueError(f"{value!r} is a string; write false (or null) unquoted for a manual dataset")
+            random = [f for f in value.split("#", 1)[0].split() if _CRON_NONDETERMINISTIC.search(f)]
+            if random:
+                raise ValueError(f"{value!r}: {random[0]!r} is a random/hashed cron field; write the minute and hour out "
+                                 "(each call would give another version)")
             try:
                 check_cron(value)
             except ScheduleError as exc:
@@ -280,6 +299,9 @@ class DatasetFile(_Strict):
             for column in str(index).split("+"):
                 if not _COLUMN.match(column):
                     raise ValueError(f"{index!r} is not a column name or a composite 'a+b' of column names")
+                if column.lower() in CARTO_COLUMNS:
+                    raise ValueError(f"{column!r} is made and indexed by CARTO itself and does not exist on PostGIS; "
+                                     "index the source's own columns")
         return value
 
     @field_validator("primary_key")
@@ -409,7 +431,7 @@ def dataset_id_for(root: str | os.PathLike[str], path: str | os.PathLike[str]) -
 
 
 def _config_files(root: Path) -> list[Path]:
-    return [p for kind in KINDS for p in (root / kind).rglob("*") if p.suffix.lower() in (".yml", ".yaml") and p.is_file()]
+    return [p for kind in KINDS for p in (root / kind).rglob("*") if p.suffix.lower() in (".yml", ".yaml") and (p.is_file() or p.is_symlink())]
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -434,12 +456,28 @@ def _load_file(root: Path, path: Path, default_carto_conn: str) -> Dataset:
         raise ConfigError([ConfigProblem(where, "-", f"file is not at {layout}")])
     table = path.name.split(".", 1)[0]
     env, dept = (parts[0], parts[1]) if kind == "knack" else (None, parts[0])
+    if not _inside(path, root):  # a symlink (of the file or a folder) out of the tree
+        raise ConfigError([ConfigProblem(where, "-", "resolves outside the config tree (a symlink?); configs must live in the tree")])
+    if not path.is_file():
+        raise ConfigError([ConfigProblem(where, "-", "file is a symlink to nothing")])
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError([ConfigProblem(where, "-", f"file is {size:,} bytes, over the {MAX_CONFIG_BYTES // 1024} KiB limit for a config")])
     raw = _read_yaml(path)
     try:
         spec = DatasetFile.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError([_problem(where, error) for error in exc.errors()]) from None
     return _build_dataset(where, kind, dept, table, env, spec, default_carto_conn)
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    """Whether ``path``, symlinks resolved, lies inside ``directory`` (resolved too)."""
+    try:
+        path.resolve().relative_to(directory.resolve())
+        return True
+    except (ValueError, OSError, RuntimeError):
+        return False
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -484,8 +522,12 @@ def _schema_override_problems(where: str, relative: str) -> list[ConfigProblem]:
     if Path(relative).is_absolute() or ".." in Path(relative).parts:
         return [ConfigProblem(where, "schema_override", f"{relative!r} must be a path inside the config's directory")]
     path = Path(where).parent / relative
+    if (path.exists() or path.is_symlink()) and not _inside(path, Path(where).parent):
+        return [ConfigProblem(where, "schema_override", f"{relative!r} resolves outside the config's directory (a symlink?)")]
     if not path.is_file():
         return [ConfigProblem(where, "schema_override", f"file {relative!r} not found next to the config")]
+    if path.stat().st_size > MAX_CONFIG_BYTES * 16:
+        return [ConfigProblem(where, "schema_override", f"{relative}: file is over the {MAX_CONFIG_BYTES * 16 // 1024} KiB limit")]
     try:
         TableSchema.from_json(json.loads(path.read_text("utf-8")))
     except (ValueError, SchemaError) as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors

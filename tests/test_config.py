@@ -445,6 +445,12 @@ BROKEN_CASES: dict[str, tuple[str | re.Pattern, str]] = {
     "knack_wrong_depth": ("-", r"not at knack/<carto_env>/<dept>/<table>\.yml"),
     "duplicate_id": ("-", r"duplicate dataset id 'lni__duplicate_id' \(also .*duplicate_id\.ya?ml\)"),
     "duplicate_key": ("line 3, column 1", r"key .upload_to_carto. appears twice"),
+    "config_symlink_outside": ("-", r"resolves outside the config tree"),
+    "schema_override_symlink_outside": ("schema_override", r"'schemas/link\.json' resolves outside the config's directory"),
+    "cron_random": ("schedule_interval", r"'R' is a random/hashed cron field"),
+    "index_the_geom": ("indexes", r"'the_geom' is made and indexed by CARTO itself and does not exist on PostGIS"),
+    "config_too_large": ("-", r"over the 64 KiB limit"),
+    "source_table_too_long": ("source.table", r"is 64 bytes; source table names are limited to 63"),
     "destination_table_twice": ("destination.table", r"carto_phl:twice_target is also written by lni__destination_table_twice \(.*destination_table_twice\.yml\)"),
     "schema_override_missing": ("schema_override", r"'schemas/missing\.json' not found"),
     "schema_override_outside": ("schema_override", r"must be a path inside the config's directory"),
@@ -493,7 +499,7 @@ def test_load_datasets_reports_every_broken_file_at_once(tmp_path):
     """Every case merged into one tree (with two good configs): all problems come back from a single call."""
     expected: set[tuple[str, str, str]] = set()
     for case in BROKEN_CASES:
-        shutil.copytree(BROKEN / case, tmp_path, dirs_exist_ok=True)
+        shutil.copytree(BROKEN / case, tmp_path, dirs_exist_ok=True, symlinks=True)
         _, problems = load_datasets(BROKEN / case)
         expected |= {(str(Path(p.path).relative_to(BROKEN / case)), p.key, p.reason.replace(str(BROKEN / case), "<root>"))
                      for p in problems}

@@ -374,3 +374,30 @@ def test_emulator_runs_as_a_process(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_polygons_with_holes_reprojected_and_read_back_by_an_independent_reader(tmp_path: Path, emu: AgoEmulator,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """MULTIPOLYGONs with holes staged in EPSG:4326 (OGC winding) land in a 2272 layer as Esri rings; esridump,
+    which reads clockwise rings as outers and counter-clockwise ones as holes, gets the same parts and holes."""
+    from esridump.dumper import EsriDumper
+
+    world = World(tmp_path, emu, monkeypatch)
+    for name in ("parcels_blue", "parcels_green"):
+        emu.layer(name).geometry_type = "esriGeometryPolygon"
+    schema = TableSchema(SCHEMA.columns[:4] + (Column("shape", "geometry", geometry_type="multipolygon", srid=4326),))
+    x, y = -75.165, 39.952
+    d = 0.001
+    shape = (f"SRID=4326;MULTIPOLYGON((({x} {y},{x + d} {y},{x + d} {y + d},{x} {y + d},{x} {y}),"
+             f"({x + d / 4} {y + d / 4},{x + d / 4} {y + d / 2},{x + d / 2} {y + d / 2},{x + d / 2} {y + d / 4},{x + d / 4} {y + d / 4})),"
+             f"(({x + 2 * d} {y},{x + 3 * d} {y},{x + 3 * d} {y + d},{x + 2 * d} {y + d},{x + 2 * d} {y})))")
+    data = [[str(i), f"p{i}", "1.5", "2026-01-01", shape] for i in range(3)]
+    world.publisher().load(world.stage("20261201T060000Z", data, schema))
+    stored = emu.rows("parcels")[0]["geometry"]["rings"]
+    assert len(stored) == 3 and abs(stored[0][0][0] - 2694000) < 5000  # feet in PA South, not degrees
+    token = world.token()
+    features = list(EsriDumper(f"{world.view.url}/0", extra_query_args={"token": token}, outSR="4326", timeout=10))
+    geometry = features[0]["geometry"]
+    assert geometry["type"] == "MultiPolygon" and [len(p) for p in geometry["coordinates"]] == [2, 1]
+    corner = geometry["coordinates"][0][0][0]
+    assert abs(corner[0] - x) < 1e-6 and abs(corner[1] - y) < 1e-6  # and back to the same degrees

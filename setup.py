@@ -42,7 +42,10 @@ setup(
         ],
         # Peers in bench/run.py: dlt, and sling's binary (a wheel per platform; ogr2ogr comes from Debian's gdal-bin).
         "bench": ["dlt[postgres,sql_database]>=1.0,<2", "pyinstrument>=5,<6", "py-spy>=0.4,<1",
-                  "sling-linux-amd64>=1.4,<2; sys_platform == 'linux' and platform_machine == 'x86_64'"],
+                  "sling-linux-amd64>=1.4,<2; sys_platform == 'linux' and platform_machine == 'x86_64'",
+                  # dlt needs setuptools>=65.6 (a 3.11 venv ships 65.5): without this cap pip takes the newest, which
+                  # has no pkg_resources, and the carto SDK of the [test] extra stops importing.
+                  "setuptools<82"],
     },
     entry_points={"console_scripts": ["databridge-luigi=databridge_luigi.cli:main"]},
 )

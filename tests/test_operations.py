@@ -177,6 +177,42 @@ def test_cron_success_exits_zero_and_keeps_a_log(pipeline, tmp_path, slack):
     assert slack.messages == []
 
 
+def test_cron_line_with_an_env_file_and_no_environment(pipeline, tmp_path, slack):
+    """The README's crontab line: cron gives the job no environment (``env -i``); the env file brings the
+    settings. The failure is on the status page the wrapper writes, and ``status`` says so the next morning."""
+    make_points_table(pipeline, "gis_ops", "good", 20)
+    pipeline.config("ops__good", DAILY)
+    pipeline.config("ops__broken", MISSING)
+    settings = cron_env(pipeline, tmp_path, slack.url_with_secret)
+    env_file = tmp_path / "databridge-luigi.env"
+    env_file.write_text("# /etc/databridge-luigi.env\n" + "".join(
+        f"{k}='{v}'\n" for k, v in settings.items() if k.startswith(("DATABRIDGE_", "CRON_PUBLISH_"))))
+    page = tmp_path / "www" / "index.html"
+    done = subprocess.run(["env", "-i", "PATH=/usr/bin:/bin", f"CRON_PUBLISH_ENV_FILE={env_file}",
+                           f"CRON_PUBLISH_STATUS_PAGE={page}", str(ROOT / "scripts/cron-publish.sh"), "--local-scheduler"],
+                          capture_output=True, text=True, timeout=120, cwd="/")
+    assert done.returncode == 30, done.stdout + done.stderr
+    (log,) = Path(settings["CRON_PUBLISH_LOG_DIR"]).glob("*.log")
+    html = page.read_text()
+    assert 'data-state="fresh"' in html and 'data-state="failing"' in html and "no_such_table" in html
+    assert SECRET not in html and pipeline.source_dsn not in html
+    # the next morning, without luigid: the run record names the step, the error and this run's log
+    status = subprocess.run([str(ROOT / ".venv/bin/databridge-luigi"), "status", "--json"], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path, env=dict(settings, PATH="/usr/bin:/bin"))
+    assert status.returncode == 1, status.stderr
+    rows = {r["dataset_id"]: r for r in json.loads(status.stdout)["datasets"]}
+    assert rows["ops__good"]["state"] == "fresh" and rows["ops__broken"]["state"] == "failing"
+    assert rows["ops__broken"]["last_failure"]["step"] == "Extract"
+    assert rows["ops__broken"]["last_failure"]["log_url"] == str(log)
+
+
+def test_cron_env_file_missing_is_one_line(tmp_path):
+    done = subprocess.run(["env", "-i", "PATH=/usr/bin:/bin", f"CRON_PUBLISH_ENV_FILE={tmp_path}/nope.env",
+                           str(ROOT / "scripts/cron-publish.sh")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"cron-publish: CRON_PUBLISH_ENV_FILE={tmp_path}/nope.env is not a readable file"
+
+
 def test_cron_success_summary_when_asked(pipeline, tmp_path, slack):
     make_points_table(pipeline, "gis_ops", "good", 20)
     make_points_table(pipeline, "gis_ops", "other", 30)

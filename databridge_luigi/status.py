@@ -353,9 +353,10 @@ def _cut(text: str, limit: int) -> str:
 
 
 def history_table(dataset_id: str, entries: list[dict[str, Any]]) -> str:
-    table = [("WHEN (UTC)", "VERSION", "OUTCOME", "ROWS", "SECS", "CHANGED", "DETAIL")]
+    table = [("WHEN (UTC)", "VERSION", "OUTCOME", "ROWS", "SECS", "CHANGED", "DETAIL (+inserted ~updated -deleted =unchanged)")]
     for e in entries:
-        counts = " ".join(f"{k[0]}{v:,}" for k, v in e["counts"].items()) if e["counts"] else ""
+        signs = {"inserted": "+", "updated": "~", "deleted": "-", "unchanged": "="}
+        counts = " ".join(f"{signs[k]}{v:,}" for k, v in e["counts"].items()) if e["counts"] else ""
         table.append((_short_time(e["at"]), e["version"], e["outcome"], "-" if e["rows"] is None else f"{e['rows']:,}",
                       _secs(e["seconds"]), _changed(e["changed"]), _cut(" ".join(filter(None, [counts, e["detail"]])), 120) or "-"))
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]

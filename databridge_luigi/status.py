@@ -194,6 +194,9 @@ def _status(dataset: Dataset, markers: Markers, store: Any, luigid_tasks: list[d
     destination = "(staging only)"
     if dataset.publish:
         destination = f"{dataset.dest_conn}:{(dataset.dest_schema + '.') if dataset.dest_schema else ''}{dataset.dest_table}"
+    if dataset.ago is not None:  # ArcGIS Online, published by its own task (LoadAgo)
+        ago = f"{dataset.ago.conn}:ago item {dataset.ago.item} [{dataset.ago.mode}]"
+        destination = ago if not dataset.publish else f"{destination} + {ago}"
     row = DatasetStatus(dataset_id=dataset.id, state="", kind=dataset.kind, schedule=dataset.schedule or "manual",
                         destination=destination, config=dataset.path)
     if dataset.schedule:

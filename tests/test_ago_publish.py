@@ -401,3 +401,13 @@ def test_polygons_with_holes_reprojected_and_read_back_by_an_independent_reader(
     assert geometry["type"] == "MultiPolygon" and [len(p) for p in geometry["coordinates"]] == [2, 1]
     corner = geometry["coordinates"][0][0][0]
     assert abs(corner[0] - x) < 1e-6 and abs(corner[1] - y) < 1e-6  # and back to the same degrees
+
+
+def test_status_names_the_ago_destination(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from databridge_luigi import cli
+
+    monkeypatch.setenv("DATABRIDGE_CONFIG_DIR", str(tmp_path / "configs"))
+    monkeypatch.setenv("DATABRIDGE_STAGING", str(tmp_path / "staging"))
+    cli.main(["status", "--json"])
+    assert f"ago_test:ago item {world.view.id} [swap]" in capsys.readouterr().out

@@ -298,3 +298,82 @@ def _group_alive(pgid: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+def test_terminate_blockers_policy_ends_the_blocking_session_after_the_deadline(tmp_path, source_dsn, dest_dsn):
+    """Off by default; on for this destination it terminates what still blocks the commit at the deadline."""
+    case = setup_case(tmp_path, source_dsn, dest_dsn, mode="swap")
+    cfg = Path(case.env["LUIGI_CONFIG_PATH"])
+    cfg.write_text(cfg.read_text().replace("lock_wait_seconds = 60", "lock_wait_seconds = 3\nterminate_blockers = carto_phl"))
+    b = case.stage(V_B, 300, generation=2)
+    analyst = psycopg.connect(dest_dsn, application_name="DBeaver 24.1")
+    try:
+        analyst.execute(f'SELECT count(*) FROM public."{case.table}"').fetchone()
+        loader = case.publish(V_B)
+        assert loader.wait(120) == 0, loader.output()[-3000:]
+        with pytest.raises(psycopg.OperationalError):
+            analyst.execute("SELECT 1")
+    finally:
+        analyst.close()
+    assert "terminating blocking session pid" in loader.output() and "application DBeaver 24.1" in loader.output()
+    assert case.live() == b
+
+
+def test_luigid_restarted_mid_load_hands_the_load_to_a_second_worker_which_waits_and_finds_it_done(tmp_path, source_dsn, dest_dsn):
+    """luigid dies while worker 1 loads (its commit held by a lock) and comes back with no state; worker 2 is
+    given the same Load. The lease makes worker 2 wait; when worker 1 commits, worker 2 finds the version
+    published and does nothing: one load, one marker."""
+    import subprocess
+    import sys
+
+    from tests.test_luigid import free_port, wait_until_ready
+
+    case = setup_case(tmp_path, source_dsn, dest_dsn)
+    b = case.stage(V_B, 300, generation=2)
+    with open(case.env["LUIGI_CONFIG_PATH"], "a") as cfg:
+        cfg.write("[core]\nrpc-retry-wait = 1\nrpc-retry-attempts = 30\n")  # reconnect to the new luigid in seconds
+    luigid_bin = str(Path(sys.executable).with_name("luigid"))
+    luigi_bin = str(Path(sys.executable).with_name("luigi"))
+    port = free_port()
+
+    def start_luigid(state: str) -> subprocess.Popen:
+        process = subprocess.Popen([luigid_bin, "--address", "127.0.0.1", "--port", str(port), "--state-path", str(tmp_path / state),
+                                    "--logdir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until_ready(port, process)
+        return process
+
+    def worker(name: str) -> tuple[subprocess.Popen, Path]:
+        log = tmp_path / f"{name}.log"
+        # --no-lock: worker 2 stands for another machine (a Batch job), where luigi's pid lock cannot see worker 1.
+        process = subprocess.Popen([luigi_bin, "--module", "databridge_luigi", "Publish", "--dataset-id", case.dataset_id, "--version", V_B,
+                                    "--scheduler-host", "127.0.0.1", "--scheduler-port", str(port), "--no-lock"], env=case.env,
+                                   stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        return process, log
+
+    scheduler = start_luigid("state1.pickle")
+    blocker = psycopg.connect(dest_dsn)
+    activity = Activity(dest_dsn)
+    try:
+        blocker.execute(f'LOCK TABLE public."{case.table}" IN SHARE MODE')
+        first, first_log = worker("worker1")
+        wait_for("worker 1 in its commit", lambda: waiting_on_lock(activity, case.table, "WITH deleted AS"))
+        scheduler.kill()
+        scheduler.wait(10)
+        scheduler = start_luigid("state2.pickle")  # a new luigid: it knows nothing of worker 1's task
+        second, second_log = worker("worker2")
+        wait_for("worker 2 waiting for the lease", lambda: "waiting up to" in second_log.read_text(errors="replace"))
+        blocker.rollback()
+        # Worker 1's Load succeeds; its Publish wrapper now belongs to worker 2 in the new luigid, which luigi
+        # reports as "not granted run permission" (exit 25, not_run) — luigi's own view of a restarted luigid.
+        assert first.wait(120) in (0, 25), first_log.read_text(errors="replace")[-3000:]
+        assert second.wait(120) == 0, second_log.read_text(errors="replace")[-3000:]
+    finally:
+        blocker.close()
+        activity.close()
+        scheduler.terminate()
+        scheduler.wait(20)
+    outputs = first_log.read_text(errors="replace") + second_log.read_text(errors="replace")
+    assert outputs.count(f"{case.dataset_id}: published") == 1
+    assert "is already published to" in second_log.read_text(errors="replace")
+    assert case.live() == b
+    assert [m[0] for m in markers(dest_dsn, case.dataset_id)] == [V_A, V_B]

@@ -405,6 +405,32 @@ def solo_emu_dsn(emu: CartoEmulator) -> str:
     return emu._dsn  # the emulator's own database
 
 
+def test_merge_by_key_on_carto_keeps_cartodb_ids_and_runs_long_commits_as_a_batch_job(pipeline, emu, carto_db, monkeypatch):
+    """merge (primary_key): unchanged rows keep their cartodb_id (apps link to it); the commit, here past the
+    SQL API's statement timeout, runs again as one Batch SQL API job."""
+    monkeypatch.setattr(carto, "JOB_POLL_INITIAL", 0.05)
+    make_points_table(pipeline, "gis_cartot", "violations", 50)
+    pipeline.config("cartot__violations", DAILY + "primary_key: [objectid]\n")
+    assert pipeline.run(PublishAll()).ok
+    before = dict(db(carto_db, "SELECT objectid, cartodb_id FROM phl.violations"))
+    pipeline.source("UPDATE gis_cartot.violations SET fine = fine + 100 WHERE objectid IN (1, 2)")
+    pipeline.source("DELETE FROM gis_cartot.violations WHERE objectid = 3")
+    pipeline.source("INSERT INTO gis_cartot.violations SELECT 51, 'new', 'C1', now(), 1, ST_SetSRID(ST_MakePoint(2690000, 230000), 2272)")
+    at(monkeypatch, "2026-11-25T12:00:00")
+    emu.clear_requests()
+    emu.inject("query", "statement_timeout", times=1, match="WITH deleted AS")  # the merge commit
+    result = pipeline.run(PublishAll())
+    assert result.ok, result.summary
+    after = dict(db(carto_db, "SELECT objectid, cartodb_id FROM phl.violations"))
+    assert set(after) == set(before) - {3} | {51}
+    assert all(after[k] == before[k] for k in after if k != 51)  # kept, the changed ones too
+    assert db(carto_db, "SELECT fine FROM phl.violations WHERE objectid = 1")[0][0] == 101.25
+    assert [r.group for r in emu.requests if r.group.startswith("job")][:1] == ["job_create"]
+    counts = db(carto_db, "SELECT mode, inserted, updated, deleted, unchanged FROM phl.databridge_luigi_publications "
+                          "ORDER BY published_at DESC LIMIT 1")
+    assert counts == [("merge", 1, 2, 1, 47)]
+
+
 def test_url_forms():
     parse = carto.parse_url
     assert parse("carto://phl:k-123456")[:2] == ("https://phl.carto.com/api/v2/sql", "phl")

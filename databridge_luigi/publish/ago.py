@@ -1015,10 +1015,22 @@ def webhook_url(dataset: Any) -> str | None:
     return hook.url
 
 
+_clients: dict[tuple[int, str, str], AgoClient] = {}
+
+
+def client_for(conn: str) -> AgoClient:
+    """One client (one token) per connection per process, so completion checks do not each log in."""
+    url = resolve(conn)
+    key = (os.getpid(), conn, hashlib.sha256(url.encode()).hexdigest())  # a rotated secret gets a new client
+    if key not in _clients:
+        _clients[key] = AgoClient(parse_connection(conn, url))
+    return _clients[key]
+
+
 def publisher_for(dataset: Any, status: Callable[[str], None] = lambda m: None) -> AgoPublisher:
     if dataset.ago is None:
         raise AgoLoadError(f"{dataset.id}: no ago: block (upload_to_ago needs one)")
-    return AgoPublisher(dataset, dataset.ago, AgoClient.from_connection(dataset.ago.conn), status, webhook_url(dataset))
+    return AgoPublisher(dataset, dataset.ago, client_for(dataset.ago.conn), status, webhook_url(dataset))
 
 
 def publish_to_ago(dataset: Any, staged: Any, version: str, force: bool = False,

@@ -411,3 +411,11 @@ def test_status_names_the_ago_destination(world: World, tmp_path: Path, monkeypa
     monkeypatch.setenv("DATABRIDGE_STAGING", str(tmp_path / "staging"))
     cli.main(["status", "--json"])
     assert f"ago_test:ago item {world.view.id} [swap]" in capsys.readouterr().out
+
+
+def test_on_published_without_ago_is_refused_rather_than_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "configs" / "databridge" / "dor" / "hooked.yml"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"schedule_interval": "0 6 * * *", "carto_users": [], "on_published": {"url": "https://example.org/hook"}}))
+    _, problems = load_datasets(tmp_path / "configs")
+    assert [(p.key, p.reason.split(";")[0]) for p in problems] == [("on_published", "fires after ArcGIS Online publishes only (upload_to_ago: true)")]

@@ -112,6 +112,22 @@ BUG_TYPES = ("TypeError", "AttributeError", "NameError", "UnboundLocalError", "A
 _SCHEDULING = re.compile(r"^(?P<head>Will not run .*? due to error in \w+\(\) method):\n(?P<tb>Traceback .*)$", re.S)
 
 
+HINTS = (  # what a message from a driver or the OS means for someone running the loop
+    (re.compile(r'type "geometry" does not exist'), "the destination database has no PostGIS: CREATE EXTENSION postgis there"),
+    (re.compile(r"\[Errno 28\]|No space left on device|could not extend file"), "a disk is full (staging or temporary files): free space, then rerun"),
+    (re.compile(r"\[Errno (13|30)\]|Read-only file system"), "the path is not writable by this user (staging: DATABRIDGE_STAGING)"),
+    (re.compile(r"UndefinedColumn|column \"[^\"]+\" does not exist"), "a column was renamed or dropped while the dataset ran: check the source, then rerun"),
+)
+
+
+def with_hint(text: str) -> str:
+    """``text`` with what to do, when it is a message whose meaning is known."""
+    for pattern, hint in HINTS:
+        if pattern.search(text) and hint not in text:
+            return f"{text} (hint: {hint})"
+    return text
+
+
 def _exception_line(text: str) -> str | None:
     """The ``Type: message`` that ends a formatted traceback (a message of several lines joined into one),
     or None for a programming error."""
@@ -126,7 +142,7 @@ def _exception_line(text: str) -> str | None:
         return None
     if kind == "KeyError" and message.endswith('"') and ': "' in message:  # KeyError's str() quotes its message
         message = message.replace(': "', ": ", 1)[:-1]
-    return message
+    return with_hint(message)
 
 
 def exception_text(exc: BaseException) -> str | None:
@@ -134,7 +150,7 @@ def exception_text(exc: BaseException) -> str | None:
     if type(exc).__name__ in BUG_TYPES:
         return None
     message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-    return f"{type(exc).__name__}: {' '.join(part.strip() for part in message.splitlines() if part.strip())}"
+    return with_hint(f"{type(exc).__name__}: {' '.join(part.strip() for part in message.splitlines() if part.strip())}")
 
 
 class OneLineErrors(logging.Filter):

@@ -55,8 +55,15 @@ def one_line(text: str, limit: int = ERROR_LIMIT) -> str:
 
 def error_line(exception: BaseException) -> str:
     """One line for an exception: its message, or its type when the message is empty."""
-    text = str(exception).strip()
-    return one_line(text if text else type(exception).__name__)
+    from .luigi_defaults import with_hint
+
+    text = " ".join(part.strip() for part in str(exception).splitlines() if part.strip())
+    line = one_line(text if text else type(exception).__name__, ERROR_LIMIT * 4)
+    hinted = with_hint(line)
+    if len(hinted) > ERROR_LIMIT:  # keep the hint: cut the driver's text instead
+        hint = hinted[len(line):]
+        hinted = line[: max(40, ERROR_LIMIT - len(hint) - 1)] + "…" + hint
+    return hinted
 
 
 def record(store: Store, run: RunRecord) -> str | None:

@@ -345,9 +345,8 @@ def text_table(rows: list[DatasetStatus], width: int | None = None) -> str:
     counts = {state: sum(1 for s in rows if s.state == state) for state in STATES}
     lines.append("")
     lines.append(f"{len(rows)} dataset(s): " + ", ".join(f"{n} {state}" for state, n in counts.items() if n))
-    for text, number in numbered.items():
-        prefix = f"[{number}] "
-        lines.append(prefix + _cut(text, max(40, width - len(prefix))))
+    for text, number in numbered.items():  # notes are whole (they may wrap): the table above fits the terminal
+        lines.append(f"[{number}] {text}")
     return "\n".join(lines)
 
 

@@ -224,3 +224,47 @@ def test_user_names_are_redacted_alike_for_sources_and_destinations(demo):
             assert 'FATAL:  role "' in result.stderr, result.stderr[-2000:]
             assert (user in result.stderr) is shown, result.stderr[-2000:]
             assert "pw-77x" not in result.stderr
+
+
+def test_a_destination_without_postgis_says_what_to_do(demo):
+    import psycopg
+
+    from tests.conftest import ADMIN_DSN, _dsn_for
+
+    env, elsewhere, _ = demo
+    name = f"dbl_nogis_{os.getpid()}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        no_gis = dict(env, DATABRIDGE_CONN_CARTO_PHL=_dsn_for(name))
+        result = luigi(elsewhere, no_gis, "Publish", "--dataset-id", "demo__violations", "--local-scheduler")
+        assert result.returncode == 30, result.stderr[-2000:]
+        hint = "hint: the destination database has no PostGIS: CREATE EXTENSION postgis there"
+        assert_short(result, hint)
+        status = cli(elsewhere, no_gis, "status", "demo__violations")
+        assert status.returncode == 1 and " failing " in status.stdout and hint in status.stdout, status.stdout
+    finally:
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_each_broken_file_is_one_slack_alert(demo, tmp_path):
+    import shutil
+
+    from tests.emulators.slack import SlackEmulator
+
+    env, elsewhere, _ = demo
+    configs = tmp_path / "cfg"
+    shutil.copytree(EXAMPLES, configs)
+    (configs / "databridge/demo/bad_cron.yml").write_text(BAD_CRON)
+    (configs / "databridge/demo/typo.yml").write_text("schedule_intervall: 0 6 * * *\n" + OK_BODY)
+    with SlackEmulator() as slack:
+        slack.add_webhook("/services/T0/B0/loop")
+        run = luigi(elsewhere, dict(env, DATABRIDGE_CONFIG_DIR=str(configs), DATABRIDGE_CONN_SLACK=f"{slack.url}/services/T0/B0/loop"),
+                    "PublishAll", "--local-scheduler")
+        assert run.returncode == 30, run.stderr[-2000:]
+        texts = sorted(m["text"] for m in slack.messages)
+    assert len(texts) == 2, texts
+    assert "demo__bad_cron" in texts[0] and "bad_cron.yml: schedule_interval: not a valid cron expression" in texts[0]
+    assert "demo__typo" in texts[1] and "typo.yml: schedule_intervall: unknown key" in texts[1]

@@ -233,3 +233,15 @@ def test_configured_index_added_later_is_built_on_the_live_table(pipeline):
     assert publish(pipeline, V_B).ok
     assert pipeline.table_oid("violations") == oid
     assert pipeline.dest("SELECT indisvalid FROM pg_index WHERE indexrelid = 'violations_address'::regclass") == [(True,)]
+
+
+def test_accept_schema_change_set_for_good_does_not_block_in_place_loads_of_a_table_with_rls(pipeline):
+    oid = first_publish(pipeline, extra="accept_schema_change: true")
+    pipeline.dest("ALTER TABLE violations ENABLE ROW LEVEL SECURITY")
+    pipeline.source("UPDATE gis_lni.violations SET address = 'new ' || address")
+    assert publish(pipeline, V_B).ok  # same columns: replace in place, RLS untouched
+    assert pipeline.table_oid("violations") == oid
+    pipeline.source("ALTER TABLE gis_lni.violations ADD COLUMN ward integer")
+    run = publish(pipeline, "20261126T000000Z")
+    assert not run.ok  # now a new table is needed, and it would lose the RLS: refused, table untouched
+    assert pipeline.table_oid("violations") == oid

@@ -142,7 +142,8 @@ class Loader:
             self._drop_dead_shadows(dead_shadow)
             if not force and self.is_published(manifest.version):  # another run published it while we waited
                 log.info("%s: version %s is already published to %s by another run; nothing to do", self.dataset.id, manifest.version, self.where())
-                return LoadResult(self.dataset.id, manifest.version, self.where(), manifest.rows, False, time.monotonic() - started, "none")
+                return LoadResult(self.dataset.id, manifest.version, self.where(), manifest.rows, False, time.monotonic() - started,
+                                  "already published")
             if not force and self._unchanged(manifest.sha256):
                 self._record(manifest.version, manifest.sha256, manifest.rows)
                 log.info("%s: data unchanged since the last publish (sha256 %s…); recorded version %s without rewriting %s",
@@ -158,16 +159,16 @@ class Loader:
         mode = self.mode if live_exists else "swap"  # a first publish needs a new table
         self._check_grant_roles()
         self._check_key(table_schema, mode)
-        views: list[dict[str, Any]] = []
-        if live_exists and (mode == "swap" or accept_schema_change):
-            views = self._swap_preflight(required=mode == "swap")
+        # A swap that is asked for is checked before any row is copied; one forced by an accepted column change
+        # can only be known (and checked) once the shadow exists — still before anything is visible.
+        views = self._swap_preflight() if live_exists and mode == "swap" else []
         self._set_timeout()
         try:
             self._build_shadow(staged, table_schema, manifest.rows)
             if self._check_schema_change(accept_schema_change) and mode != "swap":
                 log.warning("%s: the columns change, so %s gets a new table (swap) instead of %s", self.dataset.id, self.where(), mode)
                 mode = "swap"
-                views = self._swap_preflight(required=True)
+                views = self._swap_preflight(because="the columns change")
             plan = self._plan(manifest, started)
             if mode == "swap":
                 statements = self._swap_statements(plan, table_schema, live_exists, views)
@@ -279,16 +280,18 @@ class Loader:
         raise LoadError(f"{self.dataset.id}: the columns of {self.where()} would change — {change}. If this is "
                         f"intended, publish once with --accept-schema-change (or set accept_schema_change: true in {self.dataset.path})")
 
-    def _swap_preflight(self, required: bool) -> list[dict[str, Any]]:
-        """Read what a swap must carry (dependent views), and refuse what it cannot before any row is copied."""
+    def _swap_preflight(self, because: str = "") -> list[dict[str, Any]]:
+        """Read what a swap must carry (dependent views), and refuse what it cannot."""
         own = tuple(getattr(self.transport, "own_triggers", ()))
         blocked = self.transport.query(swap.attachments(self.schema, self.table, own))
         views = self.transport.query(swap.dependent_views(self.schema, self.table))
         problem = swap.refusal(blocked, views)
+        if problem and because:
+            raise LoadError(f"{self.dataset.id}: {self.where()} needs a new table because {because}, but has {problem}, which "
+                            f"a new table would lose; move them off the table, or undo the column change")
         if problem:
             raise LoadError(f"{self.dataset.id}: {self.where()} has {problem}, which a swap (a new table) would lose; "
-                            f"publish in place instead (load_mode: replace, or merge with a primary_key), which keeps them"
-                            + ("" if required else ", or undo the column change"))
+                            f"publish in place instead (load_mode: replace, or merge with a primary_key), which keeps them")
         return views
 
     # --- commits by mode ---------------------------------------------------------------------------------
@@ -302,7 +305,7 @@ class Loader:
             log.info("%s: re-creating dependent views %s on the new table", self.dataset.id, ", ".join(v["view_name"] for v in views))
         return swap.statements(plan, live_rows, views, extras, index_renames)
 
-    def _indexes(self, table_schema: TableSchema, table: str | None = None) -> list[tuple[str, str]]:
+    def _indexes(self, table_schema: TableSchema) -> list[tuple[str, str]]:
         """Build the configured indexes (and the spatial one) on the shadow; return (shadow name, final name)
         pairs for the swap to rename."""
         renames: list[tuple[str, str]] = []

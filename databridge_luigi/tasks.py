@@ -224,7 +224,7 @@ class Load(DatasetTask):
         # A connection that failed mid-protocol is never reused; rotated credentials get one more try.
         with stopping.cancel_on_sigterm():
             result = retry_if_rotated(conn, load, on_failure=lambda: transports.discard(conn))
-        verb = "published" if result.rewritten else "recorded (unchanged data)"
+        verb = "published" if result.rewritten else "found already published" if result.mode == "already published" else "recorded (unchanged data)"
         self.status(f"{dataset.id}: {verb} {result.rows} rows to {result.where} ({result.summary()}) in {result.seconds:.1f}s", 100)
 
 

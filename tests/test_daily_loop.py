@@ -13,6 +13,7 @@ import pytest
 
 from scripts.sample_databridge import build as build_sample
 from tests.conftest import create_postgis_database, drop_database, ensure_role
+from tests.test_batch_submit import batch_setup, sent, workspace  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -268,3 +269,19 @@ def test_each_broken_file_is_one_slack_alert(demo, tmp_path):
     assert len(texts) == 2, texts
     assert "demo__bad_cron" in texts[0] and "bad_cron.yml: schedule_interval: not a valid cron expression" in texts[0]
     assert "demo__typo" in texts[1] and "typo.yml: schedule_intervall: unknown key" in texts[1]
+
+
+def test_submit_sends_the_valid_datasets_and_names_the_broken_file(workspace, sent):  # noqa: F811
+    from tests.test_batch_submit import submit
+
+    broken = workspace["root"] / "configs/databridge/lni/broken.yml"
+    broken.write_text(BAD_CRON)
+    result = submit(workspace, "--all", "--no-wait")
+    assert result.returncode == 1, result.stdout + result.stderr
+    from databridge_luigi.batch import job_name
+
+    assert sorted(body["jobName"] for body in sent) == sorted(job_name(i) for i in ("lni__permits", "lni__violations"))
+    assert f"{broken}: schedule_interval: not a valid cron expression" in result.stderr
+    named = submit(workspace, "lni__broken", "--no-wait")
+    assert named.returncode == 2 and len(sent) == 2  # nothing more was submitted
+    assert f"databridge-luigi submit: {broken}: schedule_interval: not a valid cron expression" in named.stderr

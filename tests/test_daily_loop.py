@@ -14,6 +14,7 @@ import pytest
 from scripts.sample_databridge import build as build_sample
 from tests.conftest import create_postgis_database, drop_database, ensure_role
 from tests.test_batch_submit import batch_setup, sent, workspace  # noqa: F401  (fixtures)
+from tests.test_carto_transport import carto_db, emu  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -285,3 +286,25 @@ def test_submit_sends_the_valid_datasets_and_names_the_broken_file(workspace, se
     named = submit(workspace, "lni__broken", "--no-wait")
     assert named.returncode == 2 and len(sent) == 2  # nothing more was submitted
     assert f"databridge-luigi submit: {broken}: schedule_interval: not a valid cron expression" in named.stderr
+
+
+def test_status_reads_a_carto_destination(tmp_path, monkeypatch, postgis_dsn, emu):  # noqa: F811
+    """The marker table read through CARTO's SQL API (the emulator, real PostGIS behind it): JSON rows,
+    text timestamps."""
+    from databridge_luigi import status
+    from databridge_luigi.config import Registry
+    from databridge_luigi.staging import open_store
+    from databridge_luigi.tasks import PublishAll
+    from tests.pipeline import Pipeline, make_points_table
+    from tests.test_carto_transport import DAILY, at
+
+    at(monkeypatch, "2026-11-24T12:00:00")
+    pipeline = Pipeline(tmp_path, postgis_dsn, emu.connection_url("phl"), monkeypatch)
+    make_points_table(pipeline, "gis_cartost", "violations", 30)
+    pipeline.config("cartost__violations", DAILY)
+    assert pipeline.run(PublishAll()).ok
+    (row,) = status.collect(Registry(pipeline.config_dir), open_store(pipeline.staging))
+    assert (row.dataset_id, row.state, row.last_version, row.rows) == ("cartost__violations", "fresh", "20261124T110400Z", 30)
+    assert row.published_at and row.published_at.endswith("Z") and row.changed is True
+    assert row.destination == "carto_phl:violations"
+    assert "KEY" not in status.as_json([row])

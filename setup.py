@@ -22,6 +22,8 @@ setup(
         "requests>=2.32,<3",
         "pyairtable>=3.0,<4",
         "isal>=1.7,<2",
+        "pyarrow>=15,<27",
+        "PyMySQL>=1.1,<2",
         "pyproj>=3.6,<4",
     ],
     extras_require={

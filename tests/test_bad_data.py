@@ -2,7 +2,8 @@
 the dataset, the row and the column, before the live table is touched (no partial table, no shadow left).
 
 Two sources: the PostgreSQL source (``COPY TO STDOUT``, no per-row Python) and the generic SQLAlchemy source
-(SQLite, rows through ``sources/values.py``). PostgreSQL text cannot hold NUL bytes, so NUL and non-UTF-8
+(SQLite, the row path), the latter twice: vectorised (``sources/sql/arrow.py``) and per value
+(``sources/values.py``, the reference). MySQL/MariaDB runs the same corpus in ``test_mysql_source.py``. PostgreSQL text cannot hold NUL bytes, so NUL and non-UTF-8
 bytes come from SQLite. Values are compared row by row, column by column: text as text, numbers as text (and
 as float8 where the destination type differs), times as instants, geometry as EWKB.
 
@@ -51,6 +52,20 @@ TRICKY_TEXT = [
 
 
 # --- harness ---------------------------------------------------------------------------------------------
+
+def pytest_generate_tests(metafunc):
+    """The generic-source corpus runs on both row paths: the vectorised one (pyarrow, the default) and the
+    per-value reference it must equal (DATABRIDGE_ROW_PATH=reference)."""
+    if metafunc.function.__name__.startswith("test_sqlite"):
+        metafunc.fixturenames.append("row_path")
+        metafunc.parametrize("row_path", ["vectorised", "reference"], indirect=True)
+
+
+@pytest.fixture()
+def row_path(request, monkeypatch):
+    monkeypatch.setenv("DATABRIDGE_ROW_PATH", "fast" if request.param == "vectorised" else "reference")
+    return request.param
+
 
 def publish(pipeline, dataset_id: str, version: str):
     """Extract then load, exactly as the Extract and Load tasks do; the real exception reaches the test."""

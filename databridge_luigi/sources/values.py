@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -124,6 +124,42 @@ def _localize(value: datetime, zone: ZoneInfo) -> datetime:
     if later.astimezone(timezone.utc).astimezone(zone).replace(tzinfo=None) == value:
         return later  # ordinary, or ambiguous: the second occurrence (standard time), as PostgreSQL does
     return value.replace(tzinfo=zone, fold=0)  # in the gap: the offset in force before it, as PostgreSQL does
+
+
+def offset_text(offset: timedelta) -> str:
+    """``+HH:MM`` (``+HH:MM:SS`` for the odd LMT offset), as ``datetime.isoformat`` writes it."""
+    return datetime(2000, 1, 1, tzinfo=timezone(offset)).isoformat()[19:]
+
+
+def local_breakpoints(zone: ZoneInfo, low: datetime, high: datetime) -> tuple[timedelta, list[tuple[datetime, timedelta]]]:
+    """How ``_localize`` reads naive times between ``low`` and ``high`` in ``zone``, as data: the offset before the
+    first change, and each change as (naive local time from which the new offset applies, new offset). A change
+    at UTC instant T to offset b applies from local T + b: a time in a spring gap keeps the earlier offset, an
+    ambiguous autumn time takes the later (standard) one — PostgreSQL's rule. Lets a database apply the rule."""
+    start = (low - timedelta(days=2)).replace(tzinfo=timezone.utc) if low.year > 1 else datetime(1, 1, 3, tzinfo=timezone.utc)
+    end = (high + timedelta(days=2)).replace(tzinfo=timezone.utc) if high.year < 9999 else datetime(9999, 12, 29, tzinfo=timezone.utc)
+    first = start.astimezone(zone).utcoffset()
+    assert first is not None
+    changes: list[tuple[datetime, timedelta]] = []
+    current, moment, step = first, start, timedelta(hours=6)
+    while moment < end:
+        following = min(moment + step, end)
+        offset = following.astimezone(zone).utcoffset()
+        if offset != current:
+            lo, hi = moment, following  # the change happens in (lo, hi]: bisect to the second
+            while hi - lo > timedelta(seconds=1):
+                mid = lo + (hi - lo) / 2
+                if mid.astimezone(zone).utcoffset() == current:
+                    lo = mid
+                else:
+                    hi = mid
+            hi = hi.replace(microsecond=0) if hi.astimezone(zone).utcoffset() != current else hi
+            new = hi.astimezone(zone).utcoffset()
+            assert new is not None
+            changes.append(((hi + new).replace(tzinfo=None), new))
+            current = new
+        moment = following
+    return first, changes
 
 
 def _datetime(zone: ZoneInfo) -> Converter:

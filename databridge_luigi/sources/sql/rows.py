@@ -7,6 +7,7 @@ is the same either way — ``tests/test_row_path.py`` compares both on the bad-d
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -16,6 +17,12 @@ from ..values import ConversionStats, Converter, converter_for
 from .base import ExtractError, SourceColumn
 
 
+def row_path() -> str:
+    """``DATABRIDGE_ROW_PATH``: ``fast`` (default), ``arrow`` (no server-written CSV on MySQL) or ``reference``
+    (per value, as before vectorising) — for comparisons and profiles; the output is the same."""
+    return os.environ.get("DATABRIDGE_ROW_PATH", "fast")
+
+
 class BatchConverter:
     def __init__(self, dataset_id: str, columns: Sequence[SourceColumn], zone: ZoneInfo, stats: ConversionStats, vectorised: bool = True):
         self.dataset_id, self.columns, self.stats = dataset_id, list(columns), stats
@@ -23,7 +30,7 @@ class BatchConverter:
             converter_for(c.type, zone=ZoneInfo(c.timezone) if c.timezone else zone, srid=c.srid, stats=stats) for c in columns
         ]
         self.vectorised = None
-        if vectorised:
+        if vectorised and row_path() != "reference":
             try:
                 from .arrow import ArrowBatch
 

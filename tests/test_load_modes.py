@@ -245,3 +245,24 @@ def test_accept_schema_change_set_for_good_does_not_block_in_place_loads_of_a_ta
     run = publish(pipeline, "20261126T000000Z")
     assert not run.ok  # now a new table is needed, and it would lose the RLS: refused, table untouched
     assert pipeline.table_oid("violations") == oid
+
+
+def test_merge_updates_a_value_that_is_equal_but_reads_back_differently(pipeline):
+    """numeric 1.0 → 1.00 and json key order are "equal" to some operators; merge must still write them."""
+    pipeline.source("CREATE SCHEMA IF NOT EXISTS gis_lni")
+    pipeline.source("DROP TABLE IF EXISTS gis_lni.violations")
+    pipeline.source("CREATE TABLE gis_lni.violations (objectid integer PRIMARY KEY, amount numeric, doc json, note text, "
+                    "shape geometry(Point, 2272))")
+    pipeline.source("INSERT INTO gis_lni.violations SELECT g, 1.0, '{\"a\": 1, \"b\": 2}', 'n' || g, "
+                    "ST_SetSRID(ST_MakePoint(2690000 + g, 230000), 2272) FROM generate_series(1, 100) g")
+    pipeline.config("lni__violations", config(extra="primary_key: [objectid]").replace("indexes: [code]\n", ""))
+    assert publish(pipeline, V_A).ok
+    pipeline.source("UPDATE gis_lni.violations SET amount = 1.00 WHERE objectid = 1")
+    pipeline.source("UPDATE gis_lni.violations SET doc = '{\"b\": 2, \"a\": 1}' WHERE objectid = 2")
+    pipeline.source("UPDATE gis_lni.violations SET shape = ST_SetSRID(ST_MakePoint(2690003.0000001, 230000), 2272) WHERE objectid = 3")
+    pipeline.source("UPDATE gis_lni.violations SET note = 'changed' WHERE objectid = 4")
+    run = publish(pipeline, V_B)
+    assert run.ok, run.summary
+    assert pipeline.dest("SELECT updated, unchanged FROM databridge_luigi_publications WHERE version = %s", (V_B,)) == [(4, 96)]
+    assert pipeline.dest("SELECT amount::text, doc::text FROM violations WHERE objectid IN (1, 2) ORDER BY objectid") == \
+        [("1.00", '{"a": 1, "b": 2}'), ("1.0", '{"b": 2, "a": 1}')]

@@ -22,6 +22,7 @@ class CommitPlan:
     grants: tuple[str, ...] = ()
     primary_key: tuple[str, ...] = ()
     delete_stale: bool = True
+    types: tuple[str, ...] = ()  # format_type of each column, aligned with ``columns`` (merge compares by type)
 
     @property
     def live(self) -> str:

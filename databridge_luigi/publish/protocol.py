@@ -198,10 +198,10 @@ class Loader:
 
     def _plan(self, manifest: Any, started: float) -> CommitPlan:
         managed = set(getattr(self.transport, "managed_columns", ()))
-        columns = tuple(r["name"] for r in self.transport.query(sql.table_columns(self.schema, self.shadow)) if r["name"] not in managed)
-        return CommitPlan(self.dataset.id, manifest.version, self.schema, self.table, self.shadow, columns, manifest.rows,
-                          manifest.sha256, self.run_id, time.monotonic() - started, self.dataset.grants,
-                          self.dataset.primary_key, self.dataset.delete_stale)
+        typed = [(r["name"], r["type"]) for r in self.transport.query(sql.column_types(self.schema, self.shadow)) if r["name"] not in managed]
+        return CommitPlan(self.dataset.id, manifest.version, self.schema, self.table, self.shadow, tuple(c for c, _ in typed),
+                          manifest.rows, manifest.sha256, self.run_id, time.monotonic() - started, self.dataset.grants,
+                          self.dataset.primary_key, self.dataset.delete_stale, tuple(t for _, t in typed))
 
     def _build_shadow(self, staged: StagedTable, table_schema: TableSchema, expected: int) -> None:
         self.status(f"{self.dataset.id}: creating {self.shadow}")

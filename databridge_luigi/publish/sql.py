@@ -132,11 +132,6 @@ def count_rows(schema: str, table: str) -> str:
     return f"SELECT count(*) AS n FROM {qualified(schema, table)}"
 
 
-def table_columns(schema: str, table: str) -> str:
-    return (f"SELECT attname AS name FROM pg_attribute WHERE attrelid = {literal(qualified(schema, table))}::regclass "
-            "AND attnum > 0 AND NOT attisdropped ORDER BY attnum")
-
-
 def lock_holders(schema: str, table: str) -> str:
     """Other sessions holding a lock on the table, with who and since when: the blockers a user can act on."""
     return (

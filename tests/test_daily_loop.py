@@ -308,3 +308,28 @@ def test_status_reads_a_carto_destination(tmp_path, monkeypatch, postgis_dsn, em
     assert row.published_at and row.published_at.endswith("Z") and row.changed is True
     assert row.destination == "carto_phl:violations"
     assert "KEY" not in status.as_json([row])
+
+
+def test_a_full_disk_names_the_file_and_leaves_no_temp_files(demo, tmp_path):
+    """The worker may write at most 16 KiB per file (RLIMIT_FSIZE, as a full disk would stop it): the extract
+    fails naming the staging file, and no hidden temp file is left in staging."""
+    import resource
+    import signal
+
+    env, elsewhere, _ = demo
+    staging = tmp_path / "small-disk"
+    sample = build_sample(tmp_path / "big.sqlite", rows=2000)  # its staged CSV is well over the limit
+
+    def small_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, 16 * 1024))
+
+    result = subprocess.run([LUIGI, "--module", "databridge_luigi", "Extract", "--dataset-id", "demo__violations",
+                             "--version", "20261124T000000Z", "--local-scheduler"], cwd=elsewhere,
+                            env=dict(env, DATABRIDGE_STAGING=str(staging), DATABRIDGE_CONN_DATABRIDGE=f"sqlite:///{sample}"),
+                            capture_output=True, text=True, timeout=300,
+                            preexec_fn=small_disk)
+    assert result.returncode == 30, result.stderr[-3000:]
+    assert_short(result, f"cannot write staging file {staging}/demo__violations/20261124T000000Z/")
+    leftovers = [p for p in staging.rglob("*") if p.is_file() and p.name.startswith(".") and "_runs" not in p.parts]
+    assert leftovers == []

@@ -62,13 +62,15 @@ class LocalStore:
         path = self.root / key
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-        tmp.write_bytes(data)
         try:
+            tmp.write_bytes(data)
             os.link(tmp, path)  # atomic and fails if the manifest exists
         except FileExistsError:
             raise AlreadyStaged(f"{self.describe(key)} already exists") from None
+        except OSError as exc:  # e.g. a full disk: name the file; the temp file never stays behind
+            raise StagingError(f"cannot write staging file {self.describe(key)}: {exc.strerror or exc} [Errno {exc.errno}]") from exc
         finally:
-            tmp.unlink()
+            tmp.unlink(missing_ok=True)
 
     def read_bytes(self, key: str) -> bytes | None:
         try:
@@ -100,17 +102,28 @@ class _LocalWrite:
         self._file = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False)
 
     def write(self, data: bytes) -> int:
-        return self._file.write(data)
+        try:
+            return self._file.write(data)
+        except OSError as exc:  # e.g. a full disk: name the file (abort removes the temp file)
+            raise StagingError(f"cannot write staging file {self.path}: {exc.strerror or exc} [Errno {exc.errno}]") from exc
 
     def commit(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self._file.name, self.path)
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._file.name, self.path)
+        except OSError as exc:
+            self.abort()
+            raise StagingError(f"cannot write staging file {self.path}: {exc.strerror or exc} [Errno {exc.errno}]") from exc
 
     def abort(self) -> None:
-        self._file.close()
-        Path(self._file.name).unlink(missing_ok=True)
+        try:
+            self._file.close()  # flushes what is buffered: on a full disk that fails too
+        except OSError:
+            pass
+        finally:
+            Path(self._file.name).unlink(missing_ok=True)
 
 
 class S3Store:

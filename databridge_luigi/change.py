@@ -17,8 +17,13 @@ The signals, and why each cannot say "unchanged" about changed data:
     re-load after a TRUNCATE writes row versions whose xmin is its own transaction id; a transaction that
     commits after the snapshot has an id at or above the snapshot's xmin. So when the newest xmin is *below*
     the snapshot's xmin (settled), any later change of a row makes the newest xmin larger, and a DELETE alone
-    makes the count smaller. A signal whose newest xmin is not below the snapshot's xmin (a transaction older
-    than the newest row was still open) is recorded unsettled and the next version extracts. Statistics
+    makes the count smaller. Only transactions of the source's own database can write the table, so a
+    transaction open in another database of the server does not count: the ids running in this database
+    (``pg_stat_activity.backend_xid``, ``pg_prepared_xacts``) and the next id are read just *before* the
+    snapshot, and a newest xmin below all of them is settled too (any transaction that commits later either
+    got its id after that read, so above the newest xmin, or was running during it). A signal that is settled
+    neither way (a transaction of this database older than the newest row was still open) is recorded
+    unsettled and the next version extracts. Statistics
     counters are not used: they lag (PostgreSQL 15 flushes them up to seconds late), can be reset, and do not
     survive a crash. VACUUM, FREEZE and VACUUM FULL keep xmin, so they cause no extract; if they ever changed
     it the result would be an extract, never a skip. Also part of the signal: the table's oid, kind, columns
@@ -198,6 +203,19 @@ def postgres_xmin_sql(relation: str) -> str:
     )
 
 
+def postgres_running_sql() -> str:
+    """Read *before* the signal's snapshot, in a transaction of its own: the next transaction id, and the
+    oldest transaction id still running in this database (sessions and prepared transactions), both 64-bit.
+    Only a transaction of this database can write the table."""
+    widen = f"s.hi - ((s.hi - r.x::text::bigint) % {XID_SPACE} + {XID_SPACE}) % {XID_SPACE}"
+    return (
+        "WITH s AS MATERIALIZED (SELECT txid_snapshot_xmax(txid_current_snapshot()) AS hi) "
+        f"SELECT s.hi, (SELECT min({widen}) FROM ("
+        "SELECT backend_xid AS x FROM pg_stat_activity WHERE datname = current_database() AND backend_xid IS NOT NULL "
+        "UNION ALL SELECT transaction FROM pg_prepared_xacts WHERE database = current_database()) r) AS oldest FROM s"
+    )
+
+
 def _postgres_identity(engine: Any, conn: Any, dataset: Dataset) -> dict[str, Any]:
     import sqlalchemy as sa
 
@@ -210,6 +228,9 @@ def _postgres_identity(engine: Any, conn: Any, dataset: Dataset) -> dict[str, An
 def _postgres_xmin(dataset: Dataset, engine: Any) -> dict[str, Any]:
     import sqlalchemy as sa
 
+    with engine.connect() as conn:
+        before = conn.execute(sa.text(postgres_running_sql())).mappings().one()
+        conn.rollback()
     with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
         identity = _postgres_identity(engine, conn, dataset)
         if identity["relkind"] not in ("r", "m"):
@@ -220,6 +241,12 @@ def _postgres_xmin(dataset: Dataset, engine: Any) -> dict[str, Any]:
         data = conn.execute(sa.text(postgres_xmin_sql(_pg_relation(dataset)))).mappings().one()
         conn.rollback()
     newest = None if data["newest"] is None else int(data["newest"])
+    next_xid, oldest = int(before["hi"]), None if before["oldest"] is None else int(before["oldest"])
+    # Settled: no transaction that could still commit rows with an xmin at or below the newest one. Either the
+    # snapshot's oldest running transaction (any database) is above it, or — read before the snapshot — the
+    # table's newest xmin was already assigned then and is below every transaction running in this database.
+    settled = (newest is None or newest < int(data["lo"])
+               or (newest < next_xid and (oldest is None or newest < oldest)))
     return {
         "kind": "postgresql-xmin",
         "identity": identity,
@@ -227,7 +254,8 @@ def _postgres_xmin(dataset: Dataset, engine: Any) -> dict[str, Any]:
         "newest": newest,
         "snapshot_xmin": int(data["lo"]),
         "snapshot_xmax": int(data["hi"]),
-        "settled": newest is None or newest < int(data["lo"]),
+        "running_before": {"next_xid": next_xid, "oldest_in_database": oldest},
+        "settled": settled,
     }
 
 

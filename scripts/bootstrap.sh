@@ -37,6 +37,23 @@ if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null;
   apt_install chromium || echo "bootstrap: without chromium the status page tests are skipped (CI fails them)" >&2
 fi
 
+# MariaDB for the MySQL-source tests: 127.0.0.1:3306, root without a password, unless DATABRIDGE_TEST_MYSQL_URL
+# points elsewhere. Installed (apt, when root) and started if it is not running; a fresh Debian install
+# authenticates root by unix socket only, so TCP root login without a password is allowed as well (tests only).
+mysql_up() { mariadb-admin -h 127.0.0.1 -P 3306 -u root status >/dev/null 2>&1; }
+if [ -z "${DATABRIDGE_TEST_MYSQL_URL:-}" ] && ! mysql_up; then
+  if [ ! -x /usr/sbin/mariadbd ]; then
+    apt_install mariadb-server mariadb-client
+  fi
+  if [ "$(id -u)" = 0 ]; then
+    install -d -o mysql -g mysql /run/mysqld
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- --user=mysql --bind-address=127.0.0.1 --port=3306
+    for _ in $(seq 1 30); do mariadb-admin -u root status >/dev/null 2>&1 && break; sleep 1; done
+    mysql_up || mariadb -u root -e "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY ''; GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION" >/dev/null 2>&1 || true
+  fi
+  mysql_up || echo "bootstrap: MariaDB is not reachable on 127.0.0.1:3306; the MySQL-source tests will fail" >&2
+fi
+
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

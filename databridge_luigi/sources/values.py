@@ -210,6 +210,12 @@ def _date(value: Any) -> str:
 
 
 def _time(value: Any) -> str:
+    if isinstance(value, timedelta):  # MySQL TIME through PyMySQL: a duration, which may be negative or over 24 h
+        if timedelta(0) <= value < timedelta(days=1):
+            return (datetime.min + value).time().isoformat()
+        seconds = int(value.total_seconds())
+        text = f"{'-' if seconds < 0 else ''}{abs(seconds) // 3600:02d}:{abs(seconds) % 3600 // 60:02d}:{abs(seconds) % 60:02d}"
+        raise StagingValueError(f"not an ISO-8601 time (a time of day, 00:00 to 24:00): {text!r}")
     if isinstance(value, (datetime, time)):
         return value.isoformat() if isinstance(value, time) else value.time().isoformat()
     text = str(value).strip()

@@ -136,15 +136,31 @@ class MySQLAdapter(GenericAdapter):
             if message is None:  # a geometry the server cannot write as EWKT: the row path normalizes or refuses it
                 self._server = False
                 continue
-            c = self.q(column.source_name)
-            sql = (f"SELECT n, CAST(v AS CHAR) FROM (SELECT ROW_NUMBER() OVER () AS n, {c} AS v "
-                   f"FROM {self.from_clause()}) r WHERE v IS NOT NULL AND {condition.replace(c, 'v')} LIMIT 1")
-            with self.engine.connect() as conn:
-                bad = conn.exec_driver_sql(sql).first()
+            bad = self._first_row(f"SELECT {condition}, CAST({self.q(column.source_name)} AS CHAR) FROM {self.from_clause()}")
             value: Any = bad[1]
             if column.type == "boolean":
                 value = int(value) if str(value).lstrip("-").isdigit() else value
             raise ExtractError(f"{self.dataset.id}: row {bad[0]}, column {column.name}: {message.format(value)}")
+
+    def _first_row(self, sql: str) -> tuple[int, Any]:
+        """(row number in scan order, value) of the first row whose first column is true; read row by row, as the
+        extract reads them (a window function's numbering is not reliable once the optimizer pushes filters down)."""
+        raw = self.engine.raw_connection()
+        try:
+            cursor = self.open_cursor(raw)
+            try:
+                cursor.execute(sql)
+                number = 0
+                while batch := cursor.fetchmany(BATCH_ROWS):
+                    for flag, value in batch:
+                        number += 1
+                        if flag:
+                            return number, value
+            finally:
+                cursor.close()
+        finally:
+            raw.close()
+        return 0, None
 
     def _field(self, column: SourceColumn, conn: sa.Connection) -> str:
         c, kind = self.q(column.source_name), self._kinds().get(column.source_name)

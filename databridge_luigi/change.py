@@ -416,7 +416,10 @@ def _compare_with_previous(staged: StagedTable, signal: dict[str, Any]) -> tuple
         previous = staged.previous()
         if previous is None:
             return "no earlier staged version", None
-        return why_changed(previous.manifest().change_signal, signal), previous
+        reason = why_changed(previous.manifest().change_signal, signal)
+        if reason is None and not staged.store.exists(previous.data_key()):
+            return f"the data of version {previous.version} is gone from staging", None
+        return reason, previous
     except Exception as exc:  # an unreadable previous manifest is a doubt, not a failure
         return f"the previous version cannot be read ({redact(str(exc))[:200]})", None
 

@@ -248,6 +248,9 @@ def test_a_config_change_a_missing_previous_manifest_or_change_signal_false_mean
     case.configure("timezone: America/Chicago")
     second = case.publish()
     assert case.extracted(second)
+    for path in Path(case.pipeline.staging, case.dataset_id).glob("*/data-*.csv.gz"):
+        path.unlink()  # the earlier version's data is gone (an S3 lifecycle rule)
+    assert case.extracted(case.publish())
     for path in Path(case.pipeline.staging, case.dataset_id).glob("*/manifest.json"):
         path.unlink()  # no earlier version to compare with
     third = case.publish()

@@ -116,6 +116,7 @@ def test_an_unchanged_version_names_the_previous_data(store):
     assert third.record_unchanged(third.previous(), {"kind": "test"}, "now").unchanged_from == "20261124T000000Z"
     with StagedTable(store, "d", "20261126T000000Z").open_csv() as data:
         assert data.read() == b'"id","name"\n"1","x"\n'
+    assert store.exists(extracted.data_key) and not store.exists("d/20261126T000000Z/data.csv.gz")
     again = StagedTable(store, "d", "20261126T000000Z")
     assert again.record_unchanged(later, {"kind": "other"}, "now").run_id == third.run_id  # the first manifest stays
 

@@ -29,6 +29,7 @@ class Store(Protocol):
     def open_read(self, key: str) -> IO[bytes]: ...
     def create_exclusive(self, key: str, data: bytes) -> None: ...
     def read_bytes(self, key: str) -> bytes | None: ...
+    def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
     def list_prefix(self, prefix: str) -> list[str]: ...
     def list_folders(self, prefix: str) -> list[str]: ...
@@ -77,6 +78,9 @@ class LocalStore:
             return (self.root / key).read_bytes()
         except FileNotFoundError:
             return None
+
+    def exists(self, key: str) -> bool:
+        return (self.root / key).is_file()
 
     def delete(self, key: str) -> None:
         (self.root / key).unlink(missing_ok=True)
@@ -178,6 +182,17 @@ class S3Store:
         except ClientError as exc:
             if exc.response["Error"].get("Code") in ("NoSuchKey", "404"):
                 return None
+            raise
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as exc:
+            if exc.response["Error"].get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return False
             raise
 
     def delete(self, key: str) -> None:

@@ -570,9 +570,6 @@ def _build_dataset(where: str, kind: str, dept: str, table: str, env: str | None
                 problems.append(ConfigProblem(where, "geocode.srid", "the census geocoder answers in lon/lat: srid must be 4326"))
     if spec.upload_to_ago is True and spec.ago is None:
         problems.append(ConfigProblem(where, "ago", "required when upload_to_ago is true (item, mode, and sources for swap mode)"))
-    if spec.on_published is not None and spec.upload_to_ago is not True:
-        problems.append(ConfigProblem(where, "on_published", "fires after ArcGIS Online publishes only (upload_to_ago: true); "
-                                      "CARTO/PostGIS loads do not call it yet"))
     if spec.schema_override:
         problems += _schema_override_problems(where, spec.schema_override)
     if spec.load_mode == "merge" and not spec.primary_key:

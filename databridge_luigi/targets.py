@@ -9,6 +9,7 @@ from .config import Dataset
 from .connections import is_credentials_rejected, retry_if_rotated
 from .publish import transports
 from .publish import sql
+from .publish.catalog import push_tried_here
 from .publish.protocol import Loader
 from .staging import StagedTable
 
@@ -82,7 +83,7 @@ class PublishedTableTarget(luigi.Target):
         loader = self.loader()
         if published_versions.contains(self.dataset.dest_conn, loader.schema, self.dataset.id, self.version):
             return True
-        return loader.is_published(self.version)
+        return loader.is_published(self.version, pending_push_ok=push_tried_here(self.dataset.id, self.version))
 
     def __repr__(self) -> str:
         return f"PublishedTableTarget({self.dataset.dest_conn}:{self.dataset.dest_table}@{self.version})"

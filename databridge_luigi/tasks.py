@@ -22,6 +22,8 @@ from . import notify, runs
 from .luigi_defaults import check_scheduler
 from . import stopping
 from .publish import open_transport, transports
+from .publish.announce import announce
+from .publish.catalog import webhook_url
 from .publish.locks import LockPolicy
 from .publish.protocol import Loader, LoadResult, LoadSettings
 from .schedule import due_version, forced_version, parse_version
@@ -224,8 +226,20 @@ class Load(DatasetTask):
         # A connection that failed mid-protocol is never reused; rotated credentials get one more try.
         with stopping.cancel_on_sigterm():
             result = retry_if_rotated(conn, load, on_failure=lambda: transports.discard(conn))
+        self._announce(result)
         verb = "published" if result.rewritten else "found already published" if result.mode == "already published" else "recorded (unchanged data)"
         self.status(f"{dataset.id}: {verb} {result.rows} rows to {result.where} ({result.summary()}) in {result.seconds:.1f}s", 100)
+
+
+    def _announce(self, result: LoadResult) -> None:
+        """The on_published webhook after a publish that changed data; never fails the load (announce.py)."""
+        dataset = self.dataset
+        try:
+            transport = transports.get(dataset.dest_conn)
+            announce(transport, dataset.dest_schema or transport.default_schema, dataset.id, result.where,
+                     webhook_url(dataset), result.version if result.rewritten else None)
+        except Exception as exc:
+            log.warning("%s: on_published webhook: %s", dataset.id, redact_exception(exc))
 
 
 class LoadAgo(DatasetTask):

@@ -13,6 +13,7 @@ from luigi.execution_summary import LuigiStatusCode
 
 import databridge_luigi.tasks as tasks
 from databridge_luigi.publish import transports
+from databridge_luigi.publish.catalog import forget_push_attempts
 from databridge_luigi.targets import published_versions
 
 
@@ -44,6 +45,7 @@ class Pipeline:
         tasks._registry.cache_clear()
         transports.close_all()
         published_versions.clear()
+        forget_push_attempts()
 
     def config(self, dataset: str, text: str) -> Path:
         dept, table = dataset.split("__")

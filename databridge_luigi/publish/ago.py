@@ -46,7 +46,7 @@ import requests
 
 from ..connections import redact, register_secret, resolve
 from ..config import AgoOptions
-from .catalog import PushError, post_webhook, published_payload, set_revise_date
+from .catalog import PushError, note_push_tried, post_webhook, published_payload, push_tried_here, set_revise_date, webhook_url
 from .esri_json import ESRI_GEOMETRY_FOR, EsriGeometry, GeometryConversionError, latest_wkid
 
 log = logging.getLogger(__name__)
@@ -348,7 +348,7 @@ class AgoPublisher:
         _, state = self._state()
         versions = state.get("versions") or {}
         pending = state.get("pending_push") or {}
-        return version in versions.get(self.dataset.id, []) and pending.get("version") != version
+        return version in versions.get(self.dataset.id, []) and (pending.get("version") != version or push_tried_here(self.dataset.id, version))
 
     def _acquire_lease(self, wait_seconds: float = 60.0) -> None:
         deadline = time.monotonic() + wait_seconds
@@ -826,6 +826,7 @@ class AgoPublisher:
         except Exception as exc:
             failures.append(f"recording the push: {redact(str(exc))}")
         if failures:
+            note_push_tried(self.dataset.id, str(pending.get("version")))
             log.warning("%s: publish stands, but the catalog was not told (retried next run): %s", self.dataset.id, "; ".join(failures))
         return not failures
 
@@ -1003,17 +1004,6 @@ def _epoch_ms(text: str, zone: ZoneInfo) -> int:
 
 
 # --- luigi wiring (used by tasks.LoadAgo) ---------------------------------------------------------------------
-
-def webhook_url(dataset: Any) -> str | None:
-    hook = getattr(dataset, "on_published", None)
-    if hook is None:
-        return None
-    if hook.conn:
-        url = resolve(hook.conn)
-        register_secret(urlsplit(url).path.strip("/"))  # a webhook's path is often its secret
-        return url
-    return hook.url
-
 
 _clients: dict[tuple[int, str, str], AgoClient] = {}
 

@@ -14,15 +14,36 @@ from datetime import datetime, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from urllib.parse import urlsplit
+
 import requests
 
-from ..connections import redact
+from ..connections import redact, register_secret, resolve
 
 WEBHOOK_TIMEOUT = 10.0
 
 
 class PushError(RuntimeError):
     """A catalog push that did not go through (the publish itself stands)."""
+
+
+# (dataset id, version) whose pending push this process has tried. A version with a pending push is "not yet
+# complete", so the next run comes back to push it — but not within the run that just tried: luigi checks
+# completion right after run(), and a catalog that is down must never fail a publish.
+_tried_here: set[tuple[str, str]] = set()
+
+
+def note_push_tried(dataset_id: str, version: str) -> None:
+    _tried_here.add((dataset_id, version))
+
+
+def push_tried_here(dataset_id: str, version: str) -> bool:
+    return (dataset_id, version) in _tried_here
+
+
+def forget_push_attempts() -> None:
+    """A new run (tests run several "processes" in one)."""
+    _tried_here.clear()
 
 
 def revise_date_text(when: datetime) -> str:
@@ -57,3 +78,15 @@ def published_payload(dataset_id: str, destination: str, version: str, rows: int
                       when: datetime | None = None) -> dict[str, Any]:
     return {"dataset": dataset_id, "destination": destination, "version": version, "rows": rows, "changed": counts,
             "published_at": (when or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def webhook_url(dataset: Any) -> str | None:
+    """The dataset's ``on_published`` URL (given, or from a named connection whose path is treated as secret)."""
+    hook = getattr(dataset, "on_published", None)
+    if hook is None:
+        return None
+    if hook.conn:
+        url = resolve(hook.conn)
+        register_secret(urlsplit(url).path.strip("/"))  # a webhook's path is often its secret
+        return url
+    return str(hook.url)

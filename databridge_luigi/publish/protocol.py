@@ -120,10 +120,10 @@ class Loader:
 
     # --- completion -------------------------------------------------------------------------------------
 
-    def is_published(self, version: str) -> bool:
+    def is_published(self, version: str, pending_push_ok: bool = False) -> bool:
         if not self._exists(sql.MARKER_TABLE):
             return False
-        return bool(self.transport.query(sql.marker_lookup(self.schema, self.dataset.id, version, self.table)))
+        return bool(self.transport.query(sql.marker_lookup(self.schema, self.dataset.id, version, self.table, pending_push_ok)))
 
     # --- the protocol -----------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ MARKER_TABLE = "databridge_luigi_publications"
 LEASE_TABLE = "databridge_luigi_leases"
 # Columns added to the marker table after its first release; ALTER … ADD COLUMN IF NOT EXISTS brings old ones up.
 MARKER_DETAIL_COLUMNS = ("mode text", "inserted bigint", "updated bigint", "deleted bigint", "unchanged bigint",
-                         "seconds double precision", "run_id text")
+                         "seconds double precision", "run_id text", "pushed boolean")
 SHADOW_MARK = "__shadow"
 
 
@@ -95,16 +95,29 @@ def insert_marker(schema: str, dataset_id: str, version: str, table: str, finger
     )
 
 
+def mark_pushed(schema: str, dataset_id: str, version: str, pushed: bool) -> str:
+    """``pushed``: NULL no catalog push wanted, false pending (retried at the next load), true sent."""
+    return (f"UPDATE {qualified(schema, MARKER_TABLE)} SET pushed = {literal(pushed)} "
+            f"WHERE dataset_id = {literal(dataset_id)} AND version = {literal(version)}")
+
+
+def pending_pushes(schema: str, dataset_id: str) -> str:
+    return (f"SELECT version, row_count, inserted, updated, deleted, unchanged FROM {qualified(schema, MARKER_TABLE)} "
+            f"WHERE dataset_id = {literal(dataset_id)} AND pushed = false ORDER BY published_at, version")
+
+
 def marker_counts(schema: str, dataset_id: str, version: str) -> str:
     return (f"SELECT mode, inserted, updated, deleted, unchanged FROM {qualified(schema, MARKER_TABLE)} "
             f"WHERE dataset_id = {literal(dataset_id)} AND version = {literal(version)}")
 
 
-def marker_lookup(schema: str, dataset_id: str, version: str, table: str) -> str:
-    """One row if the version is published and its table is still there."""
+def marker_lookup(schema: str, dataset_id: str, version: str, table: str, pending_push_ok: bool = False) -> str:
+    """One row if the version is published and its table is still there (and, unless ``pending_push_ok``, no
+    catalog push of it is pending: that brings the next run back to push)."""
     return (
         f"SELECT 1 FROM {qualified(schema, MARKER_TABLE)} WHERE dataset_id = {literal(dataset_id)} "
-        f"AND version = {literal(version)} AND to_regclass({literal(qualified(schema, table))}) IS NOT NULL"
+        f"AND version = {literal(version)} AND {'true' if pending_push_ok else 'pushed IS DISTINCT FROM false'} "
+        f"AND to_regclass({literal(qualified(schema, table))}) IS NOT NULL"
     )
 
 
@@ -120,7 +133,7 @@ def all_markers(schema: str) -> str:
     """Every published (dataset, version) whose table still exists: one query answers every target."""
     return (
         f"SELECT dataset_id, version FROM {qualified(schema, MARKER_TABLE)} m "
-        f"WHERE to_regclass(quote_ident({literal(schema)}) || '.' || quote_ident(m.table_name)) IS NOT NULL"
+        f"WHERE m.pushed IS DISTINCT FROM false AND to_regclass(quote_ident({literal(schema)}) || '.' || quote_ident(m.table_name)) IS NOT NULL"
     )
 
 

@@ -417,3 +417,48 @@ def test_oracle_scn_signal_with_a_fake_connection():
     # The SQL compiles with the Oracle dialect's bind style.
     compiled = str(sa.text(change.ORACLE_OBJECT_SQL).compile(dialect=sa.create_engine("oracle+oracledb://").dialect))
     assert ":owner" in compiled and ":table_name" in compiled
+
+
+# --- transaction id wraparound, for real: a private cluster whose next xid is set just below 2^32 ------------
+
+def test_the_signal_sees_a_write_after_the_transaction_counter_wrapped(tmp_path):
+    """pg_resetwal puts a private cluster 32,768 transactions before a wraparound (epoch 5). Rows written
+    then carry 32-bit xmins near 2^32; after the counter wraps, an UPDATE writes a row whose 32-bit xmin is
+    tiny. A plain max(xmin) would not move (and the row count does not change) — the signal's 64-bit newest
+    xmin does, and an unchanged table across the wrap still compares equal."""
+    from dataclasses import replace
+
+    from tests.test_pg_restart import PrivateCluster
+
+    private = PrivateCluster()
+    try:
+        private.start()  # freeze what initdb wrote, or its rows would look like the future after the reset
+        for database in ("postgres", "template1"):
+            psycopg.connect(private.dsn(database), autocommit=True).execute("VACUUM FREEZE")
+        private.stop()
+        page_before_wrap = 2**32 - 32_768  # a CLOG page boundary, so the server starts that page itself
+        private._run("pg_resetwal", "-x", str(page_before_wrap), "-e", "5", "-D", str(private.data))
+        private.start()
+        dsn = private.dsn()
+        sql = lambda statement: psycopg.connect(dsn, autocommit=True).execute(statement)  # noqa: E731
+        sql("CREATE TABLE public.wrapped (id int, code text)")
+        sql("INSERT INTO public.wrapped SELECT g, 'a' FROM generate_series(1, 100) g")
+        sql("CREATE TABLE public.burn (i int)")
+        dataset = replace(registry_for_examples()[0], source_schema="public", source_table="wrapped", kind="databridge",
+                          change_signal=True)
+        before = read_signal(dataset, dsn)
+        assert before["newest"] >> 32 == 5 and before["settled"]
+        naive_before = sql("SELECT max(xmin::text::bigint) FROM public.wrapped").fetchone()[0]
+        # 40,000 subtransactions that write: each takes a transaction id, so the counter wraps into epoch 6.
+        sql("DO $$ BEGIN FOR i IN 1..40000 LOOP BEGIN INSERT INTO public.burn VALUES (i); "
+            "EXCEPTION WHEN others THEN NULL; END; END LOOP; END $$")
+        assert sql("SELECT txid_current()").fetchone()[0] >> 32 == 6
+        across = read_signal(dataset, dsn)
+        assert why_changed(before, across) is None  # nothing changed: still equal across the wrap
+        sql("UPDATE public.wrapped SET code = 'b' WHERE id = 7")
+        after = read_signal(dataset, dsn)
+        assert sql("SELECT max(xmin::text::bigint) FROM public.wrapped").fetchone()[0] == naive_before, "a naive max moved"
+        assert after["rows"] == before["rows"] and after["newest"] >> 32 == 6
+        assert why_changed(before, after) == "rows were written"
+    finally:
+        private.remove()

@@ -29,6 +29,7 @@ _WRITE = pa_csv.WriteOptions(include_header=False, quoting_style="all_valid", ba
 _SPECIAL_FLOATS = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 _EPOCH = datetime(1970, 1, 1)
 _HOUR_US = 3_600_000_000
+_SHIFT_US = 62_135_596_800_000_000  # 0001-01-01 to 1970-01-01 in microseconds (a whole number of hours)
 
 
 class _Slow(Exception):
@@ -173,7 +174,8 @@ class ArrowBatch:
         if low.as_py() < -62_135_596_800_000_000 + 2 * 86_400_000_000 or high.as_py() > 253_402_214_400_000_000:
             return None  # within a day of year 1 or 9999: the reference handles the edges
         zone = self.zones[index]
-        hours = pc.floor(pc.divide(micros.cast(pa.float64()), float(_HOUR_US))).cast(pa.int64())
+        shifted = pc.add(micros, _SHIFT_US)  # ≥ 0 from year 1 on: integer division is floor division, exactly
+        hours = pc.subtract(pc.divide(shifted, _HOUR_US), _SHIFT_US // _HOUR_US)
         unique = pc.unique(pc.drop_null(hours)).to_pylist()
         table: dict[int, str] = {}
         for hour in unique:
@@ -183,9 +185,10 @@ class ArrowBatch:
             table[hour] = text
         keys = pa.array(list(table), pa.int64())
         offsets = pc.take(pa.array(list(table.values()), pa.string()), pc.index_in(hours, keys))
+        fraction_us = pc.subtract(shifted, pc.multiply(pc.divide(shifted, 1_000_000), 1_000_000))  # floor, also before 1970
         if seconds is None:
-            seconds = pc.strftime(stamps.cast(pa.timestamp("s"), safe=False), format="%Y-%m-%dT%H:%M:%S")
-        fraction_us = pc.subtract(micros, pc.multiply(pc.floor(pc.divide(micros.cast(pa.float64()), 1e6)).cast(pa.int64()), 1_000_000))
+            whole = pc.subtract(micros, fraction_us).cast(pa.timestamp("us")).cast(pa.timestamp("s"))  # exact: no rounding
+            seconds = pc.strftime(whole, format="%Y-%m-%dT%H:%M:%S")
         if pc.any(pc.not_equal(fraction_us, 0)).as_py():
             digits = pc.utf8_lpad(fraction_us.cast(pa.string()), width=6, padding="0")
             fraction = pc.if_else(pc.equal(fraction_us, 0), "", pc.binary_join_element_wise(".", digits, ""))

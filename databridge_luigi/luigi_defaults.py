@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -33,6 +34,8 @@ RETCODES = {
     "unhandled_exception": 40,
 }
 PROBE_TIMEOUT = 3.0
+PROBE_ATTEMPTS = 3
+PROBE_WAIT = 1.5
 _checked = False
 
 
@@ -75,9 +78,12 @@ def check_scheduler() -> None:
     url = scheduler_url()
     if url is None:
         return
-    error = probe(url)
-    if error is None:
-        return
+    for attempt in range(PROBE_ATTEMPTS):  # a luigid that is just starting (or restarting) gets a few seconds
+        error = probe(url)
+        if error is None:
+            return
+        if attempt + 1 < PROBE_ATTEMPTS:
+            time.sleep(PROBE_WAIT)
     code = int(luigi.configuration.get_config().get("retcode", "scheduling_error", fallback=str(RETCODES["scheduling_error"])))
     from .connections import redact
 

@@ -149,6 +149,17 @@ def test_wkt_geometry_column_with_configured_srid(pipeline, mysql):
     assert pipeline.dest("SELECT id, ST_AsEWKT(shape) FROM shapes WHERE id > 3 ORDER BY id") == [(4, "SRID=2272;POINT(1 2)"), (5, None)]
 
 
+def test_a_spatial_column_is_refused_clearly_unless_excluded(pipeline, mysql):
+    mysql.run("CREATE TABLE places (id INT, name TEXT, pt POINT)")
+    mysql.run("INSERT INTO places VALUES (1, 'a', ST_GeomFromText('POINT(1 2)'))")
+    path = mysql.config("bad__places")
+    with pytest.raises(ExtractError, match=r"bad__places: column pt of .*places has a type this source cannot publish .*exclude_fields"):
+        publish(pipeline, "bad__places", "v1")
+    path.write_text(path.read_text() + "exclude_fields: [pt]\n")
+    publish(pipeline, "bad__places", "v1")
+    assert pipeline.dest("SELECT * FROM places") == [(1, "a")]
+
+
 def test_the_cursor_streams_and_a_timeout_is_reported_as_one(pipeline, mysql):
     import pymysql.cursors
     import sqlalchemy as sa

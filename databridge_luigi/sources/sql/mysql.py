@@ -68,6 +68,8 @@ class MySQLAdapter(GenericAdapter):
             return "datetime", "UTC"
         if isinstance(kind, mysql.YEAR):
             return "integer", None
+        if isinstance(kind, sa.types.NullType):  # SQLAlchemy does not know it: MySQL's spatial types among others
+            return "unsupported", None
         return generic_type(kind), None
 
     def open_cursor(self, raw: Any) -> Any:
@@ -104,6 +106,13 @@ class MySQLAdapter(GenericAdapter):
         """Before the server writes the CSV, look for the values the reference conversion refuses, and name them."""
         from .rows import row_path
 
+        for column in columns:
+            if column.type == "unsupported":
+                raise ExtractError(
+                    f"{self.dataset.id}: column {column.name} of {self.table_label} has a type this source cannot publish "
+                    f"(MySQL's spatial types, for one: there is no MySQL geometry path yet); leave it out with exclude_fields "
+                    f"in {self.dataset.path}, or publish a view that converts it (e.g. ST_AsText) with geometry: {{column, srid}}"
+                )
         self._server = row_path() == "fast" and self._server_csv_ok(columns)
         if not self._server:
             return

@@ -377,3 +377,20 @@ def test_luigid_restarted_mid_load_hands_the_load_to_a_second_worker_which_waits
     assert "is already published to" in second_log.read_text(errors="replace")
     assert case.live() == b
     assert [m[0] for m in markers(dest_dsn, case.dataset_id)] == [V_A, V_B]
+
+
+def test_two_loaders_started_together_take_turns(tmp_path, source_dsn, dest_dsn):
+    """No lock in the way: two loads of one table (versions B and C) started at the same moment. One holds the
+    lease while the other waits; both publish, one after the other, and the live table is the content of the
+    version whose marker is last — never a mix, never a marker for data that is not live."""
+    case = setup_case(tmp_path, source_dsn, dest_dsn, rows=100_000, payload_md5s=2)
+    digests = {V_B: case.stage(V_B, 100_000, generation=2, payload_md5s=2),
+               V_C: case.stage(V_C, 100_000, generation=3, payload_md5s=2)}
+    b, c = case.publish(V_B), case.publish(V_C)
+    assert b.wait(180) == 0, b.output()[-3000:]
+    assert c.wait(180) == 0, c.output()[-3000:]
+    assert "waiting up to" in b.output() + c.output(), "one loader must have waited for the other's lease"
+    versions = [m[0] for m in markers(dest_dsn, case.dataset_id)]
+    assert versions[0] == V_A and sorted(versions[1:]) == [V_B, V_C]
+    assert case.live() == digests[versions[-1]]
+    assert case.shadows() == [] and case.leases() == []

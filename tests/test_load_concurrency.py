@@ -12,31 +12,16 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.conftest import create_postgis_database, drop_database
+from tests.test_kill import dest_dsn, source_dsn  # noqa: F401  (fixtures: a source database per module, a destination per test)
 from tests.killing import Activity, Worker, digest, make_source_table, markers, run_luigi, sql, tables_like, wait_for, write_config
 
 V_A, V_B, V_C = "20240101T000000Z", "20240102T000000Z", "20240103T000000Z"
-
-
-@pytest.fixture(scope="module")
-def source_dsn() -> Iterator[str]:
-    dsn = create_postgis_database("dbl_conc_src")
-    yield dsn
-    drop_database(dsn)
-
-
-@pytest.fixture()
-def dest_dsn() -> Iterator[str]:
-    dsn = create_postgis_database("dbl_conc_dest")
-    yield dsn
-    drop_database(dsn)
 
 
 @dataclass

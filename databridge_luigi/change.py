@@ -2,10 +2,10 @@
 
 Before a scheduled version is extracted, the source is asked for its **change signal** (below). The signal is
 stored in the version's manifest. At the next version, when the new signal equals the previous version's —
-same kind, same source, same config, same table definition, same counters, and both *settled* — the version
-is staged without extracting: its manifest names the previous version's data and sha256
-(``unchanged_from``), and the load then finds the fingerprint of the live table and records the version
-without rewriting it. Anything else — no signal, a signal of another kind, an unsettled one, an error while
+same kind, same source, same config and extract code, same table definition, same counters, and both
+*settled* — the version is staged without extracting: its manifest names the previous version's data and
+sha256 (``unchanged_from``), and the load then finds the fingerprint of the live table and records the
+version without rewriting it. Anything else — no signal, a signal of another kind, an unsettled one, an error while
 reading it, no earlier manifest, ``--force`` — means extract.
 
 The signals, and why each cannot say "unchanged" about changed data:
@@ -58,6 +58,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,7 @@ class SignalUnavailable(Exception):
 
 
 def config_fingerprint(dataset: Dataset) -> str:
-    """What else decides the staged bytes: the config file, the schema override and this release."""
+    """What else decides the staged bytes: the config file, the schema override and the extract's code."""
     digest = hashlib.sha256()
     for path in (dataset.path, dataset.schema_override):
         if path:
@@ -90,17 +91,24 @@ def config_fingerprint(dataset: Dataset) -> str:
             except OSError:
                 digest.update(b"<unreadable>")
         digest.update(b"\0")
-    digest.update(_release().encode())
+    digest.update(_code_fingerprint().encode())
     return digest.hexdigest()
 
 
-def _release() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("databridge-luigi")
-    except Exception:
-        return "unknown"
+@lru_cache(maxsize=1)
+def _code_fingerprint() -> str:
+    """The code that turns source rows into staged bytes (sources/, schema, geometry, the staged-table writer):
+    a deploy that changes any of it extracts every dataset once, so no version keeps bytes an older release made."""
+    package = Path(__file__).resolve().parent
+    files = sorted((package / "sources").rglob("*.py")) + [package / "schema.py", package / "geometry.py",
+                                                          package / "staging" / "table.py"]
+    digest = hashlib.sha256()
+    for path in files:
+        try:
+            digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+        except (OSError, ValueError):
+            digest.update(b"<unreadable>")
+    return digest.hexdigest()
 
 
 def _source_fingerprint(dataset: Dataset, url: str) -> str:

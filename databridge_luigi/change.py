@@ -400,7 +400,9 @@ def extract_unless_unchanged(dataset: Dataset, url: str, staged: StagedTable, ex
     try:
         signal: dict[str, Any] | None = read_signal(dataset, url)
     except SignalUnavailable as exc:
-        log.info("%s: no change signal (%s); extracting", dataset.id, exc)
+        configured = getattr(getattr(dataset, "change_signal", None), "column", None)
+        # A configured column that cannot be used is a config problem worth a warning; the rest is how it is.
+        log.log(logging.WARNING if configured else logging.INFO, "%s: no change signal (%s); extracting", dataset.id, exc)
         signal = None
     except Exception as exc:  # any doubt means extract
         log.warning("%s: reading the change signal failed (%s); extracting", dataset.id, redact(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__)

@@ -146,7 +146,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from . import status
 
     registry = _registry(args)
-    rows = status.collect(registry, _store(), args.dataset_ids, luigid=_luigid_url(args))
+    rows = status.collect(registry, _store(), args.dataset_ids, luigid=_luigid_url(args),
+                          history=getattr(args, "luigid_history", None) or status.history_url())
     if args.html:
         status.write_page(args.html, rows)
     if args.json:
@@ -240,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     state.add_argument("--json", action="store_true", help="machine-readable output")
     state.add_argument("--html", metavar="FILE", help="also write the status page to FILE (atomically)")
     state.add_argument("--luigid", metavar="URL", help="luigid to ask for running and failed tasks (env DATABRIDGE_LUIGID_URL)")
+    state.add_argument("--luigid-history", metavar="DB_URL", help="luigid's task-history database (env DATABRIDGE_LUIGID_HISTORY, "
+                       "else luigi.cfg [task_history] db_connection), e.g. sqlite:///var/luigid/history.db")
     state.set_defaults(func=cmd_status)
     past = sub.add_parser("history", parents=[common], help="one dataset's versions: rows, seconds, outcomes, failures")
     past.add_argument("dataset_id", metavar="DATASET_ID")

@@ -156,6 +156,53 @@ def _luigid_tasks(url: str) -> dict[str, list[dict[str, Any]]]:
     return found
 
 
+def _history_tasks(db_url: str, limit: int = 5000) -> dict[str, list[dict[str, Any]]]:
+    """The newest FAILED and DONE events of luigid's task history (``[task_history] db_connection``, what
+    ``scripts/luigid.sh`` records), by dataset id, shaped like ``_luigid_tasks``'s; empty when unreadable.
+    luigid forgets finished tasks after a while; its history keeps them, without their error text."""
+    import sqlalchemy as sa
+
+    found: dict[str, list[dict[str, Any]]] = {}
+    query = sa.text(
+        "SELECT t.task_id, t.name, p.value AS dataset_id, v.value AS version, e.event_name, e.ts "
+        "FROM tasks t JOIN task_parameters p ON p.task_id = t.id AND p.name = 'dataset_id' "
+        "LEFT JOIN task_parameters v ON v.task_id = t.id AND v.name = 'version' "
+        "JOIN task_events e ON e.task_id = t.id WHERE e.event_name IN ('FAILED', 'DONE') "
+        "ORDER BY e.ts DESC LIMIT :limit")
+    try:
+        engine = sa.create_engine(db_url)
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(query, {"limit": limit}).mappings().all()
+        finally:
+            engine.dispose()
+    except Exception:
+        return {}
+    for row in rows:
+        when = row["ts"] if isinstance(row["ts"], datetime) else _when(row["ts"])
+        if when is None:
+            continue
+        if when.tzinfo is None:  # luigid writes its local time
+            when = when.astimezone(timezone.utc)
+        found.setdefault(str(row["dataset_id"]), []).append({
+            "status": row["event_name"], "last_updated": when.timestamp(), "name": row["name"],
+            "params": {"dataset_id": row["dataset_id"], "version": row["version"] or ""},
+            "status_message": "failed (luigid task history; see the log for the error)", "task_id": row["task_id"]})
+    return found
+
+
+def history_url() -> str | None:
+    """luigid's task-history database: env DATABRIDGE_LUIGID_HISTORY, else luigi's [task_history] db_connection."""
+    if os.environ.get("DATABRIDGE_LUIGID_HISTORY"):
+        return os.environ["DATABRIDGE_LUIGID_HISTORY"]
+    try:
+        import luigi.configuration
+
+        return luigi.configuration.get_config().get("task_history", "db_connection", fallback=None) or None
+    except Exception:
+        return None
+
+
 def task_link(luigid: str | None, dataset_id: str, task_id: str = "") -> str:
     if not luigid:
         return ""
@@ -166,11 +213,14 @@ def task_link(luigid: str | None, dataset_id: str, task_id: str = "") -> str:
 
 
 def collect(registry: Registry, store: Any, ids: Iterable[str] = (), luigid: str | None = None,
-            now: datetime | None = None) -> list[DatasetStatus]:
-    """One DatasetStatus per dataset (valid ones and broken files), in id order; ``ids`` narrows it."""
+            now: datetime | None = None, history: str | None = None) -> list[DatasetStatus]:
+    """One DatasetStatus per dataset (valid ones and broken files), in id order; ``ids`` narrows it.
+    ``luigid``: its URL (running and failed tasks); ``history``: its task-history database URL."""
     wanted = set(ids)
     markers = Markers()
     in_luigid = _luigid_tasks(luigid) if luigid else {}
+    for dataset_id, events in (_history_tasks(history) if history else {}).items():
+        in_luigid.setdefault(dataset_id, []).extend(events)
     found: list[DatasetStatus] = []
     for dataset in registry:
         if wanted and dataset.id not in wanted:
@@ -236,12 +286,17 @@ def _status(dataset: Dataset, markers: Markers, store: Any, luigid_tasks: list[d
         last_success = latest_done.when
     if done and (last_success is None or done[0].when > last_success):
         last_success = done[0].when
+    final_steps = ("Load",) if dataset.publish else ("Extract", "Geocode")
+    for task in luigid_tasks:  # a publish luigid's history saw finish counts as a success too
+        if task.get("status") == "DONE" and task.get("name") in final_steps:
+            when = datetime.fromtimestamp(float(task.get("last_updated") or 0), timezone.utc)
+            last_success = when if last_success is None or when > last_success else last_success
     failure = failed[0] if failed else None
     if failure is not None and (last_success is None or failure.when > last_success):
         row.last_failure = Failure(at=_iso(failure.at) or failure.at, step=failure.step, version=failure.version,
                                    error=_one(failure.error), log_url=failure.log_url, task_id=failure.task_id)
         row.log_url = failure.log_url
-    for task in luigid_tasks:
+    for task in sorted(luigid_tasks, key=lambda t: -float(t.get("last_updated") or 0)):  # newest first
         if task.get("status") == "RUNNING":
             row.running = True
         elif task.get("status") == "FAILED" and row.last_failure is None:

@@ -32,7 +32,8 @@ class _Snapshot:
     def rows(self) -> list[status.DatasetStatus]:
         with self._lock:
             if self._rows is None or time.monotonic() - self._at > CACHE_SECONDS:
-                self._rows = sorted(status.collect(self.registry(), self.store(), luigid=self.luigid), key=status.sort_key)
+                rows = status.collect(self.registry(), self.store(), luigid=self.luigid, history=status.history_url())
+                self._rows = sorted(rows, key=status.sort_key)
                 self._at = time.monotonic()
             return self._rows
 

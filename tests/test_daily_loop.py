@@ -333,3 +333,42 @@ def test_a_full_disk_names_the_file_and_leaves_no_temp_files(demo, tmp_path):
     assert_short(result, f"cannot write staging file {staging}/demo__violations/20261124T000000Z/")
     leftovers = [p for p in staging.rglob("*") if p.is_file() and p.name.startswith(".") and "_runs" not in p.parts]
     assert leftovers == []
+
+
+def test_status_reads_luigid_task_history(demo, tmp_path):
+    """A failure luigid recorded in its task history (scripts/luigid.sh turns it on) shows in status even
+    when no run record could be written (here: removed), and a later success clears it."""
+    import shutil
+    import signal
+
+    from tests.test_luigid import free_port, wait_until_ready
+
+    env, elsewhere, _ = demo
+    port, var = free_port(), tmp_path / "luigid"
+    server = subprocess.Popen([str(ROOT / "scripts/luigid.sh")], env=dict(env, LUIGID_PORT=str(port), LUIGID_VAR_DIR=str(var)),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_ready(port, server)
+        remote = ("--scheduler-host", "127.0.0.1", "--scheduler-port", str(port))
+        broken = dict(env, DATABRIDGE_CONN_DATABRIDGE=f"sqlite:///{tmp_path}/no-such-dir/x.sqlite")
+        assert luigi(elsewhere, broken, "Publish", "--dataset-id", "demo__violations", *remote).returncode == 30
+        shutil.rmtree(Path(env["DATABRIDGE_STAGING"]) / "_runs")  # as if the record could not be written
+        history = f"sqlite:///{var}/history.db"
+        without = cli(elsewhere, env, "status", "demo__violations", "--json")
+        assert json_rows(without)["demo__violations"]["state"] == "due"
+        failing = cli(elsewhere, env, "status", "demo__violations", "--json", "--luigid-history", history)
+        row = json_rows(failing)["demo__violations"]
+        assert failing.returncode == 1 and row["state"] == "failing", failing.stdout
+        assert row["last_failure"]["step"] == "Extract" and row["last_failure"]["version"] == row["due_version"]
+        assert luigi(elsewhere, env, "Publish", "--dataset-id", "demo__violations", *remote).returncode == 0
+        fresh = cli(elsewhere, env, "status", "demo__violations", "--json", "--luigid-history", history)
+        assert fresh.returncode == 0 and json_rows(fresh)["demo__violations"]["state"] == "fresh"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=20)
+
+
+def json_rows(result: subprocess.CompletedProcess) -> dict[str, dict]:
+    import json
+
+    return {r["dataset_id"]: r for r in json.loads(result.stdout)["datasets"]}

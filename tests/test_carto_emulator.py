@@ -397,6 +397,20 @@ def test_transactions_with_lock_timeout_do_blocks_and_raise(emu: CartoEmulator, 
     assert sql_client.send(f"SELECT v FROM {table}")["rows"] == [{"v": "new"}]
 
 
+def test_a_client_that_hangs_up_cancels_its_query(emu: CartoEmulator, sql_client: SQLClient, table: str,
+                                                  postgis_dsn: str) -> None:
+    """The genuine server's cancelOnClientAbort: a transaction in flight when the client goes away rolls back."""
+    sql_client.send(f"CREATE TABLE {table} (id int)")
+    with pytest.raises(requests.ReadTimeout):
+        requests.post(sql_url(emu), data={"q": f"BEGIN; INSERT INTO {table} VALUES (1); SELECT pg_sleep(30); COMMIT;"},
+                      auth=(USER, MASTER), timeout=(5, 0.5))
+    deadline = time.monotonic() + 5
+    while admin(postgis_dsn, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()") != [(0,)]:
+        assert time.monotonic() < deadline, "the abandoned query is still running"
+        time.sleep(0.1)
+    assert sql_client.send(f"SELECT count(*) AS n FROM {table}")["rows"] == [{"n": 0}]
+
+
 def test_batch_job_runs_a_multi_statement_transaction(emu: CartoEmulator, sql_client: SQLClient, table: str) -> None:
     sql_client.send(f"CREATE TABLE {table} (id int); INSERT INTO {table} VALUES (1)")
     auth = (USER, MASTER)

@@ -480,6 +480,29 @@ def test_statement_timeout_on_cartodbfy_and_index_falls_back_to_the_batch_sql_ap
     assert {"violations_address", "violations_code_opened"} <= {r[0] for r in db(carto_db, "SELECT indexname FROM pg_indexes WHERE schemaname = 'phl' AND tablename = 'violations'")}
 
 
+def test_a_batch_job_is_cancelled_when_its_load_is_stopped(transport, emu, monkeypatch):
+    """SIGTERM (Terminated, a KeyboardInterrupt) while a Batch SQL job is pending: the job is cancelled on the
+    server, so it cannot run (and commit) after the worker is gone."""
+    from databridge_luigi.stopping import Terminated
+
+    emu.pause_jobs()
+
+    def stopped(_seconds: float) -> None:
+        raise Terminated("stopped by signal 15")
+
+    monkeypatch.setattr(carto, "time", type("Clock", (), {"sleep": staticmethod(stopped), "monotonic": staticmethod(time.monotonic)}))
+    emu.inject("query", "statement_timeout", times=1)
+    try:
+        with pytest.raises(Terminated):
+            transport.transaction(["CREATE TABLE t_never (a int)"])
+    finally:
+        emu.resume_jobs()
+    jobs = [r for r in emu.requests if r.group == "job_create"]
+    assert len(jobs) == 1
+    job_id = next(r.path.rsplit("/", 1)[1] for r in emu.requests if r.group == "job_delete")
+    assert emu.job(job_id)["status"] == "cancelled"
+
+
 def test_failed_batch_job_fails_the_load_with_its_reason(transport, emu, carto_db):
     emu.inject("query", "statement_timeout", times=1, match="select no_such_function")
     with pytest.raises(CartoError, match=r"Batch SQL job .* failed: .*no_such_function"):

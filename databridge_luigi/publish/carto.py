@@ -252,8 +252,10 @@ class CartoTransport:
     # --- Batch SQL API ----------------------------------------------------------------------------------
 
     def _batch_job(self, statement: str) -> None:
-        """Create a job, poll it with growing intervals until it is done, and fail with its reason otherwise;
-        past the deadline the job is cancelled (so nothing keeps running behind a failed load)."""
+        """Create a job, poll it with growing intervals until it is done, and fail with its reason otherwise.
+        A job runs on the server whatever its client does, so one left unfinished — past the deadline, or
+        when polling stops (SIGTERM's ``Terminated``, an error) — is cancelled: nothing keeps running, or
+        commits later, behind a load that already failed."""
         path = self._path + "/job"
         job = self._call(path, statement, lambda: self._session.post(
             self._endpoint + "/job", json={"query": statement}, timeout=(CONNECT_TIMEOUT, QUERY_TIMEOUT)))
@@ -261,20 +263,34 @@ class CartoTransport:
         if not job_id:
             raise CartoError(f"destination {self.name!r}: {path} created no job (while running: {_first_line(statement)})")
         deadline, delay = time.monotonic() + JOB_DEADLINE, JOB_POLL_INITIAL
-        while True:
-            job = self._call(f"{path}/{job_id}", statement, lambda: self._session.get(
-                f"{self._endpoint}/job/{job_id}", timeout=(CONNECT_TIMEOUT, QUERY_TIMEOUT)))
-            status = job.get("status")
-            if status == "done":
-                return
-            if status in ("failed", "cancelled", "canceled", "unknown"):
-                reason = job.get("failed_reason") or status
-                raise CartoError(f"destination {self.name!r}: Batch SQL job {job_id} {status}: {reason} (while running: {_first_line(statement)})")
-            if time.monotonic() > deadline:
-                self._session.delete(f"{self._endpoint}/job/{job_id}", timeout=(CONNECT_TIMEOUT, QUERY_TIMEOUT))
-                raise CartoError(f"destination {self.name!r}: Batch SQL job {job_id} still {status} after {JOB_DEADLINE:.0f}s; cancelled")
-            time.sleep(delay)
-            delay = min(delay * 2, JOB_POLL_MAX)
+        try:
+            while True:
+                job = self._call(f"{path}/{job_id}", statement, lambda: self._session.get(
+                    f"{self._endpoint}/job/{job_id}", timeout=(CONNECT_TIMEOUT, QUERY_TIMEOUT)))
+                status = job.get("status")
+                if status == "done":
+                    return
+                if status in ("failed", "cancelled", "canceled", "unknown"):
+                    reason = job.get("failed_reason") or status
+                    job_id = ""  # finished: nothing to cancel
+                    raise CartoError(f"destination {self.name!r}: Batch SQL job {job.get('job_id')} {status}: {reason} "
+                                     f"(while running: {_first_line(statement)})")
+                if time.monotonic() > deadline:
+                    raise CartoError(f"destination {self.name!r}: Batch SQL job {job_id} still {status} after {JOB_DEADLINE:.0f}s; cancelled")
+                time.sleep(delay)
+                delay = min(delay * 2, JOB_POLL_MAX)
+        except BaseException:
+            if job_id:
+                self._cancel_job(job_id)
+            raise
+
+    def _cancel_job(self, job_id: str) -> None:
+        """Best effort, one short request: the caller is already failing (or being stopped)."""
+        try:
+            response = self._session.delete(f"{self._endpoint}/job/{job_id}", timeout=(CONNECT_TIMEOUT, 10))
+            log.warning("%s: cancelled Batch SQL job %s (HTTP %s)", self.name, job_id, response.status_code)
+        except Exception as exc:  # the job's own timeout still bounds it
+            log.warning("%s: could not cancel Batch SQL job %s: %s", self.name, job_id, redact(str(exc)))
 
     # --- HTTP -------------------------------------------------------------------------------------------
 

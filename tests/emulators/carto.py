@@ -29,6 +29,7 @@ import json
 import math
 import queue
 import re
+import select
 import signal
 import socket
 import struct
@@ -1314,7 +1315,8 @@ class CartoEmulator:
                 lambda diag: outcome.notices.append((diag.severity or "NOTICE", diag.message_primary or "")))
             if midstream is not None:
                 conn.execute("BEGIN")  # the statement "fails" after streaming: nothing may persist
-            run_sql(conn, wrap_query(q, call.params), self._require_types(), outcome)
+            with _cancel_on_client_abort(call.request.environ, conn, call.record):
+                run_sql(conn, wrap_query(q, call.params), self._require_types(), outcome)
             if midstream is not None:
                 conn.execute("ROLLBACK")
                 outcome = self._midstream(outcome, midstream)
@@ -1665,6 +1667,37 @@ def _ensure_role(conn: psycopg.Connection[Any], role: str, *, login: bool) -> No
         "DO $do$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {}) THEN EXECUTE {}; END IF; "
         "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $do$"
     ).format(sql.Literal(role), sql.Literal(statement.as_string(conn))))
+
+
+@contextmanager
+def _cancel_on_client_abort(environ: Mapping[str, Any], conn: psycopg.Connection[Any], record: RequestRecord) -> Iterator[None]:
+    """The genuine server's cancelOnClientAbort: a client that hangs up while its query runs (a worker stopped
+    by SIGTERM, a read timeout) gets its query cancelled, so a ``BEGIN; …; COMMIT;`` in flight rolls back.
+    The request body was read before the query started, so a readable socket here means end of file."""
+    sock = environ.get("werkzeug.socket")
+    if sock is None:
+        yield
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            try:
+                readable, _, _ = select.select([sock], [], [], 0.1)
+                if readable and sock.recv(1, socket.MSG_PEEK) == b"":
+                    record.fault = record.fault or "client_abort"
+                    _cancel_quietly(conn)
+                    return
+            except (OSError, ValueError):
+                return
+
+    watcher = threading.Thread(target=watch, name="carto-emulator-abort-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join(timeout=1)
 
 
 def _cancel_quietly(conn: psycopg.Connection[Any]) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import html
 import json
 import os
-import shutil
 import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -375,9 +374,8 @@ def _changed(value: bool | None) -> str:
     return "-" if value is None else ("yes" if value else "no")
 
 
-def text_table(rows: list[DatasetStatus], width: int | None = None) -> str:
+def text_table(rows: list[DatasetStatus]) -> str:
     """The status as a terminal table; long texts (errors, problems) become numbered notes under it."""
-    width = width or shutil.get_terminal_size((160, 24)).columns
     numbered: dict[str, int] = {}  # one note per distinct text: an unreachable destination is one note
 
     def note(text: str) -> int:

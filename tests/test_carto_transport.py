@@ -503,6 +503,14 @@ def test_a_batch_job_is_cancelled_when_its_load_is_stopped(transport, emu, monke
     assert emu.job(job_id)["status"] == "cancelled"
 
 
+def test_a_statement_too_long_for_a_batch_job_fails_saying_so(transport, emu):
+    emu.inject("query", "statement_timeout", times=1)
+    long = "SELECT 1 WHERE true" + " AND true" * 2000  # ~18 KB
+    with pytest.raises(CartoTimeoutError, match="16 KB limit per job"):
+        transport.long_query(long)
+    assert not [r for r in emu.requests if r.group == "job_create"]
+
+
 def test_failed_batch_job_fails_the_load_with_its_reason(transport, emu, carto_db):
     emu.inject("query", "statement_timeout", times=1, match="select no_such_function")
     with pytest.raises(CartoError, match=r"Batch SQL job .* failed: .*no_such_function"):

@@ -30,6 +30,7 @@ read timeout, where the server may still be copying. Should a retry ever follow 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -58,6 +59,7 @@ RETRY_AFTER_MAX = 120.0
 JOB_POLL_INITIAL = 1.0
 JOB_POLL_MAX = 15.0
 JOB_DEADLINE = 6 * 3600.0  # the Batch SQL API itself allows 12 h per job
+BATCH_PAYLOAD_LIMIT = 16 * 1024  # bytes of JSON body per Batch SQL job (external-apis.md §1.6)
 PUBLIC_ROLE = "publicuser"
 TIMEOUT_HINT = ("the statement exceeded CARTO's SQL API statement timeout; split it into smaller statements "
                 "or run it through the Batch SQL API (/api/v2/sql/job)")
@@ -211,7 +213,11 @@ class CartoTransport:
         large table): tried on the SQL API first; on a timeout 429 it runs as a Batch SQL API job instead."""
         try:
             self.query(statement)
-        except CartoTimeoutError:
+        except CartoTimeoutError as exc:
+            size = len(json.dumps({"query": statement}, ensure_ascii=False).encode())
+            if size > BATCH_PAYLOAD_LIMIT:  # the server would answer 400 "Your payload is too large"
+                raise CartoTimeoutError(f"{exc}; it cannot go to the Batch SQL API either: {size} bytes is over its "
+                                        f"{BATCH_PAYLOAD_LIMIT // 1024} KB limit per job", exc.status) from None
             log.info("%s: %s passed the SQL API timeout; running it through the Batch SQL API", self.name, _first_line(statement))
             self._batch_job(statement)
 

@@ -8,7 +8,7 @@
 States, worst first: ``broken config`` (the file does not validate), ``failing`` (the last run failed after the
 last success), ``unknown`` (the destination could not be asked), ``due`` (the due version is not published),
 ``fresh`` (it is), ``stage-only`` (``upload_to_carto: false``), ``manual`` (no schedule), ``disabled``.
-Nothing here writes anything; every error text passes ``connections.redact``.
+It only reads (``write_page`` writes the page file); every error text passes ``connections.redact``.
 """
 from __future__ import annotations
 
@@ -488,6 +488,7 @@ def html_page(rows: list[DatasetStatus], title: str = "databridge-luigi status")
             f'<td class="err">{failure}</td><td class="dest">{e(s.destination or s.config)}</td></tr>')
     heads = "".join(f'<th data-type="{kind}">{e(label)}</th>' for label, kind in head)
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
+            f'<meta http-equiv="refresh" content="300">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{_PAGE_STYLE}</style></head><body>'
             f'<h1>{e(title)}</h1><p class="meta">{len(rows)} datasets · generated {e(generated)}</p>'
             f'<div class="chips">{chips}</div>'

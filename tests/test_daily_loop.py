@@ -372,3 +372,39 @@ def json_rows(result: subprocess.CompletedProcess) -> dict[str, dict]:
     import json
 
     return {r["dataset_id"]: r for r in json.loads(result.stdout)["datasets"]}
+
+
+def test_a_column_renamed_during_the_extract_names_dataset_and_says_what_to_do(tmp_path, postgis_dsn):
+    """The source is a slow view: while the extract counts its rows, the view's column is renamed; the
+    extract's COPY then names a column that is gone."""
+    import psycopg
+
+    from tests.conftest import create_postgis_database, drop_database
+
+    dest = create_postgis_database("dbl_rename")
+    configs = tmp_path / "cfg"
+    (configs / "databridge/lk").mkdir(parents=True)
+    (configs / "databridge/lk/renamed.yml").write_text("schedule_interval: false\nupload_to_carto: false\n")
+    with psycopg.connect(postgis_dsn, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS gis_lk; DROP VIEW IF EXISTS gis_lk.renamed; "
+                     "CREATE VIEW gis_lk.renamed AS SELECT g AS id, 'x' || g AS label "
+                     "FROM generate_series(1, 10) g, LATERAL (SELECT pg_sleep(0.2)) s")
+    env = clean_env(DATABRIDGE_CONFIG_DIR=str(configs), DATABRIDGE_STAGING=str(tmp_path / "staging"),
+                    DATABRIDGE_CONN_DATABRIDGE=postgis_dsn, DATABRIDGE_CONN_CARTO_PHL=dest)
+    try:
+        worker = subprocess.Popen([LUIGI, "--module", "databridge_luigi", "Extract", "--dataset-id", "lk__renamed",
+                                   "--version", "20261124T000000Z", "--local-scheduler"], cwd=tmp_path, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        with psycopg.connect(postgis_dsn, autocommit=True) as watch:
+            while not watch.execute("SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query ILIKE '%count%renamed%' "
+                                    "AND pid <> pg_backend_pid()").fetchone():
+                assert worker.poll() is None and time.monotonic() < deadline, "the extract never counted the rows"
+                time.sleep(0.05)
+            watch.execute("ALTER VIEW gis_lk.renamed RENAME COLUMN label TO title")
+        stderr = worker.communicate(timeout=120)[1]
+    finally:
+        drop_database(dest)
+    assert worker.returncode == 30, stderr[-3000:]
+    result = subprocess.CompletedProcess([], 30, "", stderr)
+    assert_short(result, "hint: a column was renamed or dropped while the dataset ran: check the source, then rerun")

@@ -178,6 +178,9 @@ def main() -> int:
     parser.add_argument("--profile", help="write a pyinstrument profile of the (single) contestant's publish here")
     args = parser.parse_args()
     kinds = args.sources.split(",")
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up the databases when stopped
     workdir = Path(tempfile.mkdtemp(prefix="dbl-rowbench-"))
     sources = Sources(workdir)
     results = []

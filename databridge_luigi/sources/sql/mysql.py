@@ -133,13 +133,30 @@ class MySQLAdapter(GenericAdapter):
                 tests.append((column, f"({c} IS NOT NULL AND ({c} <> {g} OR {g} = '' OR UPPER(LEFT({g}, 5)) = 'SRID=' OR UPPER({g}) LIKE '%%EMPTY' "
                                       f"OR {c} LIKE '%%#%%' OR {c} LIKE '%%  %%' OR {c} LIKE '%%\t%%' OR {c} LIKE '%%\n%%' OR {c} LIKE '%%\r%%' "
                                       f"OR LOCATE('(', {c}) = 0))", None))
-        if not tests:
+        # One scan answers everything the CSV needs to know first: the problems (counted), each naive DATETIME's range
+        # (for its offset CASE) and the geometry column's types. Only a table with a problem pays a second scan.
+        extras = []
+        for column in columns:
+            c, kind = self.q(column.source_name), kinds.get(column.source_name)
+            if column.type == "datetime" and not isinstance(kind, sa.TIMESTAMP):
+                extras.append((column, "range", f"MIN({c}), MAX({c})"))
+            elif column.type == "geometry":
+                extras.append((column, "types", f"GROUP_CONCAT(DISTINCT {self._signature(c)} SEPARATOR ';')"))
+        selects = [f"SUM({condition})" for _, condition, _ in tests] + [sql for _, _, sql in extras]
+        if not selects:
             return
-        # One scan counts every kind of problem; only a table that has one pays for a second, numbered scan.
-        counts = ", ".join(f"SUM({condition})" for _, condition, _ in tests)
         with self.engine.connect() as conn:
-            found = conn.exec_driver_sql(f"SELECT {counts} FROM {self.from_clause()}").first()
-        for (column, condition, message), count in zip(tests, found):
+            conn.exec_driver_sql("SET SESSION group_concat_max_len = 1048576")
+            found = list(conn.exec_driver_sql(f"SELECT {', '.join(selects)} FROM {self.from_clause()}").first())
+        counts, rest = found[:len(tests)], found[len(tests):]
+        self._ranges: dict[str, tuple[Any, Any]] = {}
+        self._types: dict[str, str | None] = {}
+        for column, what, _ in extras:
+            if what == "range":
+                self._ranges[column.source_name] = (rest.pop(0), rest.pop(0))
+            else:
+                self._types[column.source_name] = rest.pop(0)
+        for (column, condition, message), count in zip(tests, counts):
             if not count:
                 continue
             if message is None:  # a geometry the server cannot write as EWKT: the row path normalizes or refuses it
@@ -150,6 +167,13 @@ class MySQLAdapter(GenericAdapter):
             if column.type == "boolean":
                 value = int(value) if str(value).lstrip("-").isdigit() else value
             raise ExtractError(f"{self.dataset.id}: row {bad[0]}, column {column.name}: {message.format(value)}")
+
+    @staticmethod
+    def _signature(c: str) -> str:
+        """A WKT value's keyword and the number of ordinates of its first coordinate (``POINT Z|3``)."""
+        g = f"TRIM({c})"
+        first = f"TRIM(SUBSTRING_INDEX(SUBSTRING_INDEX(SUBSTRING_INDEX({g}, ',', 1), ')', 1), '(', -1))"
+        return f"CONCAT(UPPER(TRIM(SUBSTRING_INDEX({g}, '(', 1))), '|', LENGTH({first}) - LENGTH(REPLACE({first}, ' ', '')) + 1)"
 
     def _first_row(self, sql: str) -> tuple[int, Any]:
         """(row number in scan order, value) of the first row whose first column is true; read row by row, as the
@@ -192,7 +216,7 @@ class MySQLAdapter(GenericAdapter):
         if isinstance(kind, sa.TIMESTAMP):
             return "'+00:00'"  # read in a UTC session
         zone = ZoneInfo(column.timezone) if column.timezone else self.zone
-        low, high = conn.exec_driver_sql(f"SELECT MIN({c}), MAX({c}) FROM {self.from_clause()}").first()
+        low, high = getattr(self, "_ranges", {}).get(column.source_name) or conn.exec_driver_sql(f"SELECT MIN({c}), MAX({c}) FROM {self.from_clause()}").first()
         if low is None:
             return "''"
         low, high = (v if isinstance(v, datetime) else datetime(v.year, v.month, v.day) for v in (low, high))
@@ -234,12 +258,11 @@ class MySQLAdapter(GenericAdapter):
         return total
 
     def _wkt_types(self, column: SourceColumn) -> set[str]:
-        """Geometry types of a WKT text column, from the server: its keyword and the ordinates of its first
-        coordinate (check() let through only single-spaced plain WKT)."""
-        c = f"TRIM({self.q(column.source_name)})"
-        first = f"TRIM(SUBSTRING_INDEX(SUBSTRING_INDEX(SUBSTRING_INDEX({c}, ',', 1), ')', 1), '(', -1))"
-        sql = (f"SELECT DISTINCT UPPER(TRIM(SUBSTRING_INDEX({c}, '(', 1))), LENGTH({first}) - LENGTH(REPLACE({first}, ' ', '')) + 1 "
-               f"FROM {self.from_clause()} WHERE {c} IS NOT NULL")
-        with self.engine.connect() as conn:
-            signatures = conn.exec_driver_sql(sql).all()
-        return {ewkt_type(f"{keyword} ({' '.join(['0'] * int(count))})") for keyword, count in signatures if keyword}
+        """Geometry types of a WKT text column from the signatures check() collected (check() let through only
+        single-spaced plain WKT, whose keyword and first coordinate say its type)."""
+        signatures = (getattr(self, "_types", {}).get(column.source_name) or "").split(";")
+        types = set()
+        for signature in filter(None, signatures):
+            keyword, count = signature.rsplit("|", 1)
+            types.add(ewkt_type(f"{keyword} ({' '.join(['0'] * int(count))})"))
+        return types

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: databridge-luigi against the floor and its peers, side by side on the same data, in one run.
 
-    .venv/bin/python bench/run.py --quick            # 100k rows, 20 small datasets, one run each: ~2 minutes
+    .venv/bin/python bench/run.py --quick            # 100k rows, 10 small datasets, one run each: 1.5–3 minutes
     .venv/bin/python bench/run.py                    # N = 100k and 1M, median of --repeats (3) runs each
     .venv/bin/python bench/run.py --rows 100000      # one size
     .venv/bin/python bench/run.py --with-5m          # add 5M rows
@@ -18,8 +18,8 @@ types, ~150 bytes a row) and measures, into the same destination database:
   sling        sling run, full-refresh (geometry arrives as hex EWKB text; sling makes no spatial index)
   sling+GiST   the same with post_sql: the column cast to geometry(Point,2272), a GiST index, ANALYZE
   dlt          dlt sql_table → postgres, write_disposition=replace (insert-from-staging), same rows (geometry as EWKT)
-  no-op        PublishAll over 100 (--quick: 20) configured, already-published datasets (decides "nothing to do")
-  many small   100 (--quick: 20) datasets of 10k rows, first publish: ours PublishAll with --workers 1 and 2,
+  no-op        PublishAll over 100 (--quick: 10) configured, already-published datasets (decides "nothing to do")
+  many small   100 (--quick: 10) datasets of 10k rows, first publish: ours PublishAll with --workers 1 and 2,
                against a floor + GiST + ANALYZE shell loop and an ogr2ogr loop over the same tables
 
 Each contestant runs --repeats times (interleaved with the others, each after a CHECKPOINT); the table shows
@@ -64,6 +64,7 @@ SELECT g, 'Name ' || g, (ARRAY['permit','violation','license','appeal'])[1 + g %
        ST_SetSRID(ST_MakePoint(2660000 + (g % 70000), 210000 + (g % 100000)), 2272)
 FROM generate_series(1, {rows}) g
 """
+QUICK_DATASETS = 10  # --quick: datasets in the many-small and no-op rows (100 otherwise)
 FLOOR_SELECT = ("SELECT id, name, category, amount, ratio, visits, active, opened, updated, notes, code, zip, "
                 "ST_AsEWKT(geom) FROM bench.{table}")
 
@@ -409,7 +410,7 @@ def main() -> int:
     parser.add_argument("--rows", default=None, help="comma-separated sizes (default 100000,1000000; --quick: 100000)")
     parser.add_argument("--with-5m", action="store_true")
     parser.add_argument("--repeats", type=int, default=None, help="runs per contestant, the median is shown (default 3; --quick: 1)")
-    parser.add_argument("--quick", action="store_true", help="100k rows, one run each, 20 no-op datasets: a smoke run of every contestant")
+    parser.add_argument("--quick", action="store_true", help="100k rows, 10 small datasets, one run each: a smoke run of every contestant")
     parser.add_argument("--skip-dlt", action="store_true")
     parser.add_argument("--skip-many", action="store_true", help="leave out the many-small-datasets rows")
     parser.add_argument("--write-readme", action="store_true")
@@ -443,10 +444,10 @@ def main() -> int:
         if not args.skip_many:
             many: list[list[Result]] = []
             for repeat in range(repeats):
-                for index, result in enumerate(bench.many(20 if args.quick else 100, 10_000, repeat)):
+                for index, result in enumerate(bench.many(QUICK_DATASETS if args.quick else 100, 10_000, repeat)):
                     (many.append([result]) if repeat == 0 else many[index].append(result))
             results += [combine(r) for r in many]
-        results.append(bench.noop(20 if args.quick else 100))
+        results.append(bench.noop(QUICK_DATASETS if args.quick else 100))
     finally:
         bench.close()
         shutil.rmtree(workdir, ignore_errors=True)

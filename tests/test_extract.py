@@ -191,3 +191,17 @@ def test_empty_source_is_refused_for_every_kind_in_one_place(tmp_path):
     with pytest.raises(ExtractError, match=r"databridge source main\.violations has 0 rows; refusing"):
         extract(example("demo__violations"), f"sqlite:///{db}", staged)
     assert not staged.exists() and list((tmp_path / "staging").rglob("*.gz")) == []
+
+
+def test_pg_copy_stages_the_same_bytes_for_the_same_rows_even_where_a_parallel_plan_would_interleave_them(tmp_path, monkeypatch, fresh_postgis_dsn):
+    """The staged sha256 decides whether a republish may skip the rewrite: PostgreSQL's parallel workers (and
+    synchronized scans) would hand the same rows over in a different order each time."""
+    pipeline = Pipeline(tmp_path, fresh_postgis_dsn, fresh_postgis_dsn, monkeypatch)
+    make_points_table(pipeline, "gis_qa", "many", 60_000)
+    database = fresh_postgis_dsn.rsplit("/", 1)[1]
+    for setting in ("parallel_setup_cost = 0", "parallel_tuple_cost = 0", "min_parallel_table_scan_size = 0"):
+        pipeline.source(f'ALTER DATABASE "{database}" SET {setting}')
+    pipeline.config("qa__many", "schedule_interval: 0 1 * * *\nupload_to_carto: true\ncarto_users: []\n")
+    dataset = load_datasets(pipeline.config_dir)[0][0]
+    digests = {extract(dataset, fresh_postgis_dsn, StagedTable(LocalStore(tmp_path / "staging"), dataset.id, f"v{i}")).sha256 for i in range(3)}
+    assert len(digests) == 1

@@ -199,6 +199,11 @@ class PostgresAdapter(Adapter):
             pg.execute("SET TIME ZONE 'UTC'")
             pg.execute("SET DateStyle = 'ISO, YMD'")
             pg.execute("SET IntervalStyle = 'iso_8601'")
+            # Rows in one stable order, so unchanged data stages the same bytes (the sha256 that lets a republish skip
+            # the rewrite): no parallel workers (their rows interleave by timing) and no synchronized scans (which
+            # start where another session's scan of the table happens to be).
+            pg.execute("SET max_parallel_workers_per_gather = 0")
+            pg.execute("SET synchronize_seqscans = off")
             with pg.cursor() as cursor:
                 # The server sends one CopyData message per row: the loop only appends each to a block, and
                 # the writer gets whole blocks (its compressor and uploader threads do the rest), so the

@@ -284,7 +284,7 @@ def test_a_view_has_no_xmin_signal_but_a_configured_column_works(case, caplog):
 # --- comparing signals, without a database ----------------------------------------------------------------
 
 def _pg_signal(**changes):
-    signal = {"format": 1, "kind": "postgresql-xmin", "source": "s", "config": "c", "identity": {"oid": 1},
+    signal = {"format": change.SIGNAL_FORMAT, "kind": "postgresql-xmin", "source": "s", "config": "c", "identity": {"oid": 1},
               "rows": 10, "newest": 500, "snapshot_xmin": 600, "snapshot_xmax": 700, "settled": True}
     return {**signal, **changes}
 
@@ -300,7 +300,7 @@ def _pg_signal(**changes):
     ({"settled": False}, "not settled"),
     ({"snapshot_xmax": 700 + MAX_XID_DISTANCE}, "wraparound"),
     ({"snapshot_xmax": 600}, "wraparound"),
-    ({"format": 2}, "format"),
+    ({"format": 99}, "format"),
 ])
 def test_why_changed(changes, reason):
     got = why_changed(_pg_signal(), _pg_signal(**changes))

@@ -244,10 +244,10 @@ def _postgres_identity(engine: Any, conn: Any, dataset: Dataset) -> dict[str, An
 def _postgres_xmin(dataset: Dataset, engine: Any) -> dict[str, Any]:
     import sqlalchemy as sa
 
-    with engine.connect() as conn:
+    with engine.connect() as conn:  # two transactions on one connection: first the running ids, then the snapshot
         before = conn.execute(sa.text(postgres_running_sql())).mappings().one()
         conn.rollback()
-    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+        conn.execution_options(isolation_level="REPEATABLE READ")
         identity = _postgres_identity(engine, conn, dataset)
         if identity["relkind"] not in ("r", "m"):
             kind = {"v": "a view", "p": "a partitioned table", "f": "a foreign table"}.get(identity["relkind"], "not a table")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: databridge-luigi against the floor and its peers, side by side on the same data, in one run.
 
-    .venv/bin/python bench/run.py --quick            # 100k rows, 10 small datasets, one run each: 1.5–3 minutes
+    .venv/bin/python bench/run.py --quick            # 50k rows, 10 small datasets, one run each: 1–3 minutes
     .venv/bin/python bench/run.py                    # N = 100k and 1M, median of --repeats (3) runs each
     .venv/bin/python bench/run.py --rows 100000      # one size
     .venv/bin/python bench/run.py --with-5m          # add 5M rows
@@ -407,15 +407,15 @@ def machine() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", default=None, help="comma-separated sizes (default 100000,1000000; --quick: 100000)")
+    parser.add_argument("--rows", default=None, help="comma-separated sizes (default 100000,1000000; --quick: 50000)")
     parser.add_argument("--with-5m", action="store_true")
     parser.add_argument("--repeats", type=int, default=None, help="runs per contestant, the median is shown (default 3; --quick: 1)")
-    parser.add_argument("--quick", action="store_true", help="100k rows, 10 small datasets, one run each: a smoke run of every contestant")
+    parser.add_argument("--quick", action="store_true", help="50k rows, 10 small datasets, one run each: a smoke run of every contestant")
     parser.add_argument("--skip-dlt", action="store_true")
     parser.add_argument("--skip-many", action="store_true", help="leave out the many-small-datasets rows")
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
-    rows_arg = args.rows or ("100000" if args.quick else "100000,1000000")
+    rows_arg = args.rows or ("50000" if args.quick else "100000,1000000")
     sizes = [int(n) for n in rows_arg.split(",")] + ([5_000_000] if args.with_5m else [])
     repeats = args.repeats or (1 if args.quick else 3)
     workdir = Path(tempfile.mkdtemp(prefix="dbl-bench-"))

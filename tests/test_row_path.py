@@ -86,6 +86,15 @@ def test_geometry_text():
     assert_same("geometry", ["SRID=2272;POINT (1 2)", "POINT EMPTY", "POINT ZM (1 2 3 1.#QNAN000)"], srid=2272, fast_expected=False)
 
 
+def test_text_handed_over_as_bytes_is_decoded_or_refused():
+    """SQLite's TEXT arrives as bytes (text_factory=bytes): decoded a column at a time, or refused by the reference."""
+    assert_same("string", [b"caf\xc3\xa9", b"", None, b'q"uote\x00'])
+    assert_same("datetime", [b"2024-03-10 02:30:00", b"2024-11-03 01:30:00", None])
+    assert_same("date", [b"2024-01-02", None])
+    assert_same("geometry", [b"POINT (1 2)", None], srid=2272)
+    assert_same("string", [b"caf\xe9"], fast_expected=False)  # latin-1: refused by the reference
+
+
 def test_a_bad_value_falls_back_and_is_named_by_row_and_column():
     column = [SourceColumn("a", "a", "integer"), SourceColumn("b", "b", "number")]
     converter = BatchConverter("ds", column, ZONE, ConversionStats())

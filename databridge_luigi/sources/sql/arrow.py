@@ -29,6 +29,7 @@ _WRITE = pa_csv.WriteOptions(include_header=False, quoting_style="all_valid", ba
 _SPECIAL_FLOATS = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 _EPOCH = datetime(1970, 1, 1)
 _HOUR_US = 3_600_000_000
+_TEXT_KINDS = {"string", "object", "array", "date", "datetime", "geometry"}
 _SHIFT_US = 62_135_596_800_000_000  # 0001-01-01 to 1970-01-01 in microseconds (a whole number of hours)
 
 
@@ -79,6 +80,10 @@ class ArrowBatch:
         kind = self.columns[index].type
         types = set(map(type, values))
         types.discard(type(None))
+        self._text = None
+        if types == {bytes} and kind in _TEXT_KINDS:  # SQLite hands TEXT over as bytes: decoded (and checked) in C
+            self._text = pa.array(values, pa.binary()).cast(pa.string())  # invalid UTF-8 raises: the reference names it
+            types = {str}
         fast = {
             "string": self._string, "integer": self._integer, "number": self._number, "boolean": self._boolean,
             "datetime": self._datetime, "date": self._date, "geometry": self._geometry, "object": self._string, "array": self._string,
@@ -90,10 +95,13 @@ class ArrowBatch:
         convert = self.converters[index]  # per value; raises on a value to refuse (the caller falls back)
         return pa.array([convert(v) for v in values], pa.string())
 
+    def _strings(self, values: tuple[Any, ...]) -> pa.Array:
+        return self._text if self._text is not None else pa.array(values, pa.string())
+
     def _string(self, index: int, values: tuple[Any, ...], types: set[type]) -> pa.Array | None:
         if not types <= {str}:
             return None
-        array = pa.array(values, pa.string())
+        array = self._strings(values)
         nuls = pc.sum(pc.count_substring(array, "\x00")).as_py() or 0
         if nuls:
             self.scratch.nul_bytes_removed += nuls
@@ -136,7 +144,7 @@ class ArrowBatch:
 
     def _date(self, index: int, values: tuple[Any, ...], types: set[type]) -> pa.Array | None:
         if types <= {str}:
-            text = pa.array(values, pa.string())
+            text = self._strings(values)
             valid = pc.drop_null(text)
             if not pc.all(pc.match_substring_regex(valid, r"^\d{4}-\d\d-\d\d$")).as_py():
                 return None  # other spellings (a time of day, BC, infinity, basic format): the reference decides
@@ -153,7 +161,7 @@ class ArrowBatch:
     def _datetime(self, index: int, values: tuple[Any, ...], types: set[type]) -> pa.Array | None:
         seconds = None
         if types <= {str}:
-            text = pa.array(values, pa.string())
+            text = self._strings(values)
             valid = pc.drop_null(text)
             if not pc.all(pc.match_substring_regex(valid, r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")).as_py():
                 return None  # fractions, 'T', offsets, other spellings: the reference parses them
@@ -208,7 +216,7 @@ class ArrowBatch:
         srid = self.columns[index].srid
         if not types <= {str} or srid is None:
             return None
-        text = pc.utf8_trim_whitespace(pa.array(values, pa.string()))
+        text = pc.utf8_trim_whitespace(self._strings(values))
         upper = pc.utf8_upper(text)
         valid = pc.drop_null(upper)
         if len(valid) == 0:

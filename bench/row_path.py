@@ -79,7 +79,24 @@ def tree_rss_kb(root_pid: int) -> int:
     return total
 
 
+def _server_cpu() -> float:
+    """CPU seconds used so far by the MariaDB server (one long-lived process; PostgreSQL's backends come and go)."""
+    try:
+        pid = subprocess.run(["pgrep", "-x", "mariadbd"], capture_output=True, text=True).stdout.split()[0]
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (IndexError, OSError, ValueError):
+        return 0.0
+
+
+CPU: list[tuple[float, float]] = []  # (our process tree's CPU seconds, MariaDB's) per run_measured call
+
+
 def run_measured(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    import resource
+
+    before, server = resource.getrusage(resource.RUSAGE_CHILDREN), _server_cpu()
     started = time.monotonic()
     process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak, stop = 0, threading.Event()
@@ -96,6 +113,8 @@ def run_measured(command: list[str], env: dict[str, str]) -> tuple[float, float]
     elapsed = time.monotonic() - started
     stop.set()
     sampler.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU.append((after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, _server_cpu() - server))
     if process.returncode != 0:
         raise RuntimeError(f"{command!r} exited {process.returncode}: {stderr.decode(errors='replace')[-2500:]}")
     return elapsed, peak / 1024
@@ -104,6 +123,7 @@ def run_measured(command: list[str], env: dict[str, str]) -> tuple[float, float]
 class Sources:
     def __init__(self, workdir: Path):
         self.workdir = workdir
+        self.row_path = "fast"
         self.pg = create_postgis_database("dbl_rowbench_src")
         self.dest = create_postgis_database("dbl_rowbench_dest")
         ensure_role("publicuser")
@@ -160,7 +180,7 @@ class Sources:
         path.write_text(f"schedule_interval: 0 1 * * *\nupload_to_carto: true\ncarto_users: [publicuser]\n"
                         f"source: {{schema: {schema}, table: {table}}}\ndestination: {{table: {kind}_{table}}}\n{geometry}")
         url = {"postgres": self.pg, "sqlite": f"sqlite:///{self.sqlite}", "mysql": f"{MYSQL}/{self.mysql_db}"}[kind]
-        env = dict(os.environ, DATABRIDGE_CONFIG_DIR=str(config), DATABRIDGE_STAGING=str(self.workdir / "staging"),
+        env = dict(os.environ, DATABRIDGE_CONFIG_DIR=str(config), DATABRIDGE_STAGING=str(self.workdir / "staging"), DATABRIDGE_ROW_PATH=self.row_path,
                    DATABRIDGE_CONN_DATABRIDGE=url, DATABRIDGE_CONN_CARTO_PHL=self.dest)
         luigi = [str(BIN / "luigi"), "--module", "databridge_luigi", "Publish", "--dataset-id", f"bench__{kind}_{table}", "--force", "--local-scheduler"]
         if profile:
@@ -176,6 +196,8 @@ def main() -> int:
     parser.add_argument("--sources", default="postgres,sqlite,mysql")
     parser.add_argument("--repeat", type=int, default=1, help="runs per contestant (the median is reported)")
     parser.add_argument("--profile", help="write a pyinstrument profile of the (single) contestant's publish here")
+    parser.add_argument("--row-path", choices=["fast", "arrow", "reference"], default="fast",
+                        help="DATABRIDGE_ROW_PATH for the row-path sources (reference = per value, as before vectorising)")
     args = parser.parse_args()
     kinds = args.sources.split(",")
     import signal
@@ -183,15 +205,21 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up the databases when stopped
     workdir = Path(tempfile.mkdtemp(prefix="dbl-rowbench-"))
     sources = Sources(workdir)
+    sources.row_path = args.row_path
     results = []
     try:
         for rows in [int(n) for n in args.rows.split(",")]:
             table = sources.make(rows, kinds)
+            runs: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
+            for _ in range(args.repeat):  # contestants interleaved, so a busy spell on the machine hits them alike
+                for kind in kinds:
+                    runs[kind].append(sources.publish(kind, table, args.profile))
+                    print(f"  {kind} {rows:,}: {runs[kind][-1][0]:.2f} s, {runs[kind][-1][1]:.0f} MB, CPU ours {CPU[-1][0]:.2f} s, "
+                          f"MariaDB {CPU[-1][1]:.2f} s, load {os.getloadavg()[0]:.1f}", flush=True)
             for kind in kinds:
-                runs = [sources.publish(kind, table, args.profile) for _ in range(args.repeat)]
-                seconds = statistics.median(r[0] for r in runs)
-                peak = max(r[1] for r in runs)
-                results.append((kind, rows, seconds, peak, [round(r[0], 2) for r in runs]))
+                seconds = statistics.median(r[0] for r in runs[kind])
+                peak = max(r[1] for r in runs[kind])
+                results.append((kind, rows, seconds, peak, [round(r[0], 2) for r in runs[kind]]))
                 print(f"{kind:9s} {rows:>9,} rows  {seconds:7.2f} s  peak RSS {peak:6.0f} MB  runs {results[-1][4]}", flush=True)
     finally:
         sources.close()

@@ -55,13 +55,6 @@ class GenericAdapter(Adapter):
         return (str(row[0]).lower(), self.dataset.geometry_srid or int(row[1])) if row else None
 
 
-def _sqlite_text(data: bytes) -> str | bytes:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data
-
-
 def generic_type(column_type: Any) -> str:
     if isinstance(column_type, sa.Boolean):
         return "boolean"

@@ -22,6 +22,7 @@ from databridge_luigi import change
 from databridge_luigi.change import MAX_XID_DISTANCE, SignalUnavailable, read_signal, why_changed
 from databridge_luigi.tasks import Publish, PublishAll, registry
 from tests.pipeline import make_points_table
+from tests.test_extract import FakeOracleCursor, _FakeConnection
 
 DAILY = """\
     schedule_interval: 4 11 * * *
@@ -327,9 +328,8 @@ class _FakeOracle:
         self.object_type, self.rows, self.scn, self.ddl, self.statements = object_type, rows, scn, ddl, []
 
 
-class _Cursor:
-    def __init__(self, db):
-        self.db, self.description, self._rows, self.arraysize = db, None, [], 100
+class _Cursor(FakeOracleCursor):
+    """test_extract's fake cursor, answering the signal's catalog and ORA_ROWSCN queries."""
 
     def execute(self, statement, params=None):
         self.db.statements.append((statement, dict(params or {})))
@@ -346,43 +346,12 @@ class _Cursor:
             raise AssertionError(f"unexpected SQL: {statement}")
         self.description = [(f"c{i}", None, None, None, None, None, True) for i in range(len(self._rows[0]))]
 
-    def fetchall(self):
-        rows, self._rows = self._rows, []
-        return rows
 
-    def fetchone(self):
-        return self._rows.pop(0) if self._rows else None
-
-    def fetchmany(self, size=None):
-        return self.fetchall()
-
-    def close(self):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-class _Connection:
-    version, max_identifier_length, autocommit, stmtcachesize = "19.0.0.0.0", 128, False, 20
-
-    def __init__(self, db):
-        self.db = db
+class _Connection(_FakeConnection):
+    """test_extract's fake python-oracledb connection, answering the signal's SQL instead of the extract's."""
 
     def cursor(self):
         return _Cursor(self.db)
-
-    def commit(self):
-        pass
-
-    def rollback(self):
-        pass
-
-    def close(self):
-        pass
 
 
 def _oracle_signal(db):

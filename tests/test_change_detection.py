@@ -340,6 +340,8 @@ class _Cursor(FakeOracleCursor):
             self._rows = [("OBJECTID", "NUMBER", None, 22, None, 0, "N", 1), ("SHAPE", "ST_GEOMETRY", "SDE", 1, None, None, "Y", 2)]
         elif "max(ora_rowscn)" in text:
             self._rows = [(self.db.rows, self.db.scn)]
+        elif "cast(max(" in text:  # the updated_at column signal
+            self._rows = [(self.db.rows, "2026-11-01T08:00:00.000000", 1)]
         elif " from dual" in text or "v$" in text:
             self._rows = [("GIS_LNI",)]
         else:
@@ -354,11 +356,11 @@ class _Connection(_FakeConnection):
         return _Cursor(self.db)
 
 
-def _oracle_signal(db):
+def _oracle_signal(db, change_signal=True):
     from dataclasses import replace
 
     dataset = replace(next(iter(registry_for_examples())), id="lni__violations", source_schema="gis_lni", source_table="violations",
-                      kind="databridge", change_signal=True)
+                      kind="databridge", change_signal=change_signal)
     engine = sa.create_engine("oracle+oracledb://u:p@h:1521/?service_name=GISDBP", creator=lambda: _Connection(db), poolclass=sa.pool.NullPool)
     return read_signal(dataset, "oracle+oracledb://u:p@h:1521/?service_name=GISDBP", engine=engine)
 
@@ -431,3 +433,17 @@ def test_the_signal_sees_a_write_after_the_transaction_counter_wrapped(tmp_path)
         assert why_changed(before, after) == "rows were written"
     finally:
         private.remove()
+
+
+def test_oracle_updated_at_column_signal_with_a_fake_connection():
+    """A view (no ORA_ROWSCN) with change_signal: {column: updated_at}: COUNT and MAX of the column, settled by the
+    database's own clock (SYSTIMESTAMP minus settle_seconds)."""
+    from databridge_luigi.config import ChangeSignalOptions
+
+    db = _FakeOracle(object_type="VIEW")
+    signal = _oracle_signal(db, ChangeSignalOptions(column="updated_at", settle_seconds=600))
+    assert signal["kind"] == "column updated_at" and signal["rows"] == 3 and signal["settled"] is True
+    assert signal["newest"] == "2026-11-01T08:00:00.000000" and signal["settle_seconds"] == 600
+    statement, params = next((s, p) for s, p in db.statements if "CAST(MAX(" in s)
+    assert 'MAX("UPDATED_AT")' in statement and 'FROM "GIS_LNI"."VIOLATIONS"' in statement
+    assert "NUMTODSINTERVAL(:settle, 'SECOND')" in statement and params == {"settle": 600}

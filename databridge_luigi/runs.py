@@ -2,7 +2,7 @@
 so ``databridge-luigi status`` can say "failing since …, at step …, because …" without luigid — a
 ``--local-scheduler`` run under cron shows up as failing the next morning.
 
-Key: ``<staging root>/_runs/<dataset_id>/<UTC time>-<step>-<outcome>-<pid>.json``, written with the store's
+Key: ``<staging root>/_runs/<dataset_id>/<UTC time>-<step>-<outcome>-<pid>-<random>.json``, written with the store's
 exclusive create (never overwritten; S3 or a directory alike). A record holds the dataset id, step, version,
 outcome (``failed`` / ``done``), time, seconds, one redacted error line, host, luigi task id and the log link;
 it never holds a connection URL (everything passes ``connections.redact``). Writing a record never fails or
@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import socket
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -70,7 +71,8 @@ def record(store: Store, run: RunRecord) -> str | None:
     """Write ``run``; return its key, or None when the store refused it (logged once per process)."""
     global _warned
     stamp = run.when.strftime("%Y%m%dT%H%M%S.%fZ")
-    key = f"{PREFIX}/{run.dataset_id}/{stamp}-{run.step}-{run.outcome}-{os.getpid()}.json"
+    # The random part: two records of one step in one process within a clock tick must not collide.
+    key = f"{PREFIX}/{run.dataset_id}/{stamp}-{run.step}-{run.outcome}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
     body = asdict(run)
     body["error"] = one_line(body["error"]) if body["error"] else ""
     body["log_url"] = redact(body["log_url"])

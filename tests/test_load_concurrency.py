@@ -133,8 +133,8 @@ def test_a_loader_that_lost_its_lease_cannot_commit(tmp_path, source_dsn, dest_d
     case.stage(V_B, 150_000, generation=2, payload_md5s=2)
     c = case.stage(V_C, 150_000, generation=3, payload_md5s=2)
     activity = Activity(dest_dsn)
+    first = case.publish(V_B)
     try:
-        first = case.publish(V_B)
         wait_for("the first loader's COPY", lambda: activity.find("COPY %__shadow%FROM STDIN%"), first)
         os.killpg(first.pid, signal.SIGSTOP)
         time.sleep(3)  # past the lease
@@ -145,6 +145,9 @@ def test_a_loader_that_lost_its_lease_cannot_commit(tmp_path, source_dsn, dest_d
         assert first.wait(120) != 0, first.output()[-3000:]
     finally:
         activity.close()
+        if first.alive():  # never leave a stopped worker behind when an assertion above failed
+            os.killpg(first.pid, signal.SIGCONT)
+            first.kill()
     assert "no longer holds the lease" in first.output()
     assert case.live() == c
     assert [m[0] for m in markers(dest_dsn, case.dataset_id)] == [V_A, V_C]

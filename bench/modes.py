@@ -7,7 +7,7 @@ its rows changed, while an app reads the live table continuously.
 
 For each mode: publish version A (a first publish), change 1% of the source (0.6% updated, 0.2% deleted,
 0.2% new), stage version B (not timed), then time the load of B (``luigi … Publish --version B``) while a
-reader thread runs ``SELECT … WHERE id = …`` on the live table every 10 ms. Reported: the load's wall
+reader thread runs ``SELECT … WHERE id = …`` (indexed, as an app's lookups are) on the live table every 10 ms. Reported: the load's wall
 seconds, rows written to the live table (inserted + updated + deleted, from the marker), the live table's
 size afterwards (heap + indexes + TOAST, dead rows included), and the longest any reader query took.
 Same source table and same bench.run table shape as bench/run.py; local-directory staging.
@@ -79,6 +79,7 @@ def measure(mode: str, rows: int, source: str, dest: str, work: Path) -> dict[st
         schedule_interval: false
         upload_to_carto: true
         carto_users: []
+        indexes: [id]
         source: {{schema: bench, table: {table}}}
         load_mode: {mode}
         {"primary_key: [id]" if mode == "merge" else ""}

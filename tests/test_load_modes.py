@@ -202,6 +202,8 @@ def test_accepted_schema_change_swaps_even_in_replace_mode(pipeline):
     assert pipeline.table_oid("violations") != oid
     assert pipeline.dest("SELECT count(*) FROM violations WHERE ward = 7")[0][0] == 200
     assert pipeline.dest("SELECT mode FROM databridge_luigi_publications WHERE version = %s", (V_B,)) == [("swap",)]
+    # The shadow began unlogged (scratch for an in-place load); as the new live table it must be a normal one.
+    assert pipeline.dest("SELECT relpersistence FROM pg_class WHERE oid = 'violations'::regclass") == [("p",)]
 
 
 def test_guards_apply_to_the_in_place_modes(pipeline, caplog):

@@ -6,8 +6,8 @@ data-modifying CTEs over one snapshot touch disjoint rows (stale keys, changed k
 marker row in the same statement records inserted, updated, deleted and unchanged counts. A row counts as
 changed when any value differs: compared with ``IS DISTINCT FROM`` where the type's equality means the same
 value written the same way (integers, boolean, text, dates, timestamps, uuid, bytea), and by text form for
-every other type — numeric ``1.0`` vs ``1.00``, float ``-0``, intervals, json and geometry (no usable
-equality) — so an update is never skipped for a value that would read back differently.
+every other type — numeric ``1.0`` vs ``1.00``, float ``-0``, intervals, json — and geometry by its EWKB
+bytes, so an update is never skipped for a value that would read back differently.
 """
 from __future__ import annotations
 
@@ -25,16 +25,19 @@ def _differs(column: str, type_name: str) -> str:
     name = sql.ident(column)
     if type_name in _EXACT_EQUALITY or type_name.startswith("character varying"):
         return f"l.{name} IS DISTINCT FROM s.{name}"
+    if type_name.startswith("geometry"):  # EWKB bytes: exact (SRID, dimensions, every coordinate), half the hex text
+        return f"l.{name}::bytea IS DISTINCT FROM s.{name}::bytea"
     return f"l.{name}::text IS DISTINCT FROM s.{name}::text"
 
 
 def key_problems(plan: CommitPlan) -> str:
-    """A query that finds the first duplicate or NULL key in the shadow (no row: the key is usable)."""
+    """A query that finds the first duplicate or NULL key in the shadow (no row: the key is usable). The
+    grouping is over the key alone; only the one offending key is turned into text."""
     keys = ", ".join(sql.ident(k) for k in plan.primary_key)
     null = " OR ".join(f"{sql.ident(k)} IS NULL" for k in plan.primary_key)
     return (f"(SELECT 'NULL' AS problem, {_key_text(plan, '')} AS key FROM {plan.staged} WHERE {null} LIMIT 1) UNION ALL "
-            f"(SELECT 'duplicate' AS problem, min({_key_text(plan, '')}) AS key FROM {plan.staged} "
-            f"GROUP BY {keys} HAVING count(*) > 1 LIMIT 1)")
+            f"(SELECT 'duplicate' AS problem, {_key_text(plan, '')} AS key FROM "
+            f"(SELECT {keys} FROM {plan.staged} GROUP BY {keys} HAVING count(*) > 1 LIMIT 1) d)")
 
 
 def _key_text(plan: CommitPlan, alias: str) -> str:

@@ -42,6 +42,10 @@ def split_schema(url: str) -> tuple[str, str]:
 class PostgisTransport:
     managed_columns: tuple[str, ...] = ()  # every column of the shadow is the load's to write
     own_triggers: tuple[str, ...] = ()
+    # An in-place load's shadow is scratch: UNLOGGED keeps its rows out of the WAL (and so out of replication
+    # and WAL archives); only the rows written to the live table are logged. No faster here (COPY is CPU-bound
+    # on this machine, bench/README.md "Load modes"). CARTO's shadow stays as cartodbfy expects it.
+    unlogged_scratch = True
 
     def __init__(self, name: str, url: str, connect_timeout: int = 30):
         self.name = name

@@ -163,12 +163,15 @@ class Loader:
         # can only be known (and checked) once the shadow exists — still before anything is visible.
         views = self._swap_preflight() if live_exists and mode == "swap" else []
         self._set_timeout()
+        unlogged = mode != "swap" and bool(getattr(self.transport, "unlogged_scratch", False))
         try:
-            self._build_shadow(staged, table_schema, manifest.rows)
+            self._build_shadow(staged, table_schema, manifest.rows, unlogged)
             if self._check_schema_change(accept_schema_change) and mode != "swap":
                 log.warning("%s: the columns change, so %s gets a new table (swap) instead of %s", self.dataset.id, self.where(), mode)
                 mode = "swap"
                 views = self._swap_preflight(because="the columns change")
+                if unlogged:  # it becomes the live table: it must survive a crash and reach replicas
+                    self.transport.long_query(f"ALTER TABLE {sql.qualified(self.schema, self.shadow)} SET LOGGED")
             plan = self._plan(manifest, started)
             if mode == "swap":
                 statements = self._swap_statements(plan, table_schema, live_exists, views)
@@ -203,9 +206,9 @@ class Loader:
                           manifest.rows, manifest.sha256, self.run_id, time.monotonic() - started, self.dataset.grants,
                           self.dataset.primary_key, self.dataset.delete_stale, tuple(t for _, t in typed))
 
-    def _build_shadow(self, staged: StagedTable, table_schema: TableSchema, expected: int) -> None:
+    def _build_shadow(self, staged: StagedTable, table_schema: TableSchema, expected: int, unlogged: bool = False) -> None:
         self.status(f"{self.dataset.id}: creating {self.shadow}")
-        self.transport.query(sql.create_table(self.schema, self.shadow, table_schema))
+        self.transport.query(sql.create_table(self.schema, self.shadow, table_schema, unlogged))
         self.status(f"{self.dataset.id}: copying {expected} rows into {self.shadow}")
         try:
             copied = self.transport.copy_in(sql.copy_from_stdin(self.schema, self.shadow, table_schema.names), staged)

@@ -46,9 +46,9 @@ def shadow_name(table: str, run_id: str) -> str:
     return head + suffix
 
 
-def create_table(schema: str, table: str, columns: TableSchema) -> str:
+def create_table(schema: str, table: str, columns: TableSchema, unlogged: bool = False) -> str:
     body = ", ".join(f"{ident(c.name)} {c.pg_type()}" for c in columns.columns)
-    return f"CREATE TABLE {qualified(schema, table)} ({body})"
+    return f"CREATE {'UNLOGGED ' if unlogged else ''}TABLE {qualified(schema, table)} ({body})"
 
 
 def copy_from_stdin(schema: str, table: str, names: list[str]) -> str:

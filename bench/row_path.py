@@ -34,6 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tests.conftest import create_postgis_database, drop_database, ensure_role  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from run import tree_rss_kb  # noqa: E402  (bench/run.py: the process-tree memory sampler)
+
 BIN = Path(sys.executable).parent
 MYSQL = os.environ.get("DATABRIDGE_BENCH_MYSQL", "mysql+pymysql://root@127.0.0.1:3306")
 PG_COLUMNS = (
@@ -54,29 +57,6 @@ SQLITE_DDL = ("CREATE TABLE {table} (id INTEGER, name TEXT, category TEXT, amoun
               "active BOOLEAN, opened DATE, updated TIMESTAMP, notes TEXT, code TEXT, zip TEXT, geom TEXT)")
 MYSQL_DDL = ("CREATE TABLE {table} (id BIGINT, name TEXT, category VARCHAR(20), amount DECIMAL(12,2), ratio DOUBLE, visits INT, "
              "active BOOLEAN, opened DATE, updated DATETIME, notes TEXT, code VARCHAR(10), zip VARCHAR(10), geom TEXT)")
-
-
-def tree_rss_kb(root_pid: int) -> int:
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{entry}/statm") as f:
-                pages = int(f.read().split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
-        rss[int(entry)] = pages * os.sysconf("SC_PAGE_SIZE") // 1024
-    total, stack = 0, [root_pid]
-    while stack:
-        pid = stack.pop()
-        total += rss.get(pid, 0)
-        stack += children.get(pid, [])
-    return total
 
 
 def _server_cpu() -> float:

@@ -90,7 +90,8 @@ def combine(results: list[Result]) -> Result:
 
 # --- measuring a process tree ------------------------------------------------------------------------------
 
-def _tree_rss_kb(root_pid: int) -> int:
+def tree_rss_kb(root_pid: int) -> int:
+    """Resident memory (KiB) of a process and all its descendants, from /proc (bench/row_path.py uses it too)."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -124,7 +125,7 @@ def run_measured(command: list[str] | str, env: dict[str, str] | None = None, sh
     def sample() -> None:
         nonlocal peak
         while not stop.is_set():
-            peak = max(peak, _tree_rss_kb(process.pid))
+            peak = max(peak, tree_rss_kb(process.pid))
             time.sleep(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)

@@ -149,12 +149,12 @@ class Loader:
                 log.info("%s: data unchanged since the last publish (sha256 %s…); recorded version %s without rewriting %s",
                          self.dataset.id, manifest.sha256[:12], manifest.version, self.where())
                 return LoadResult(self.dataset.id, manifest.version, self.where(), manifest.rows, False, time.monotonic() - started, "unchanged")
-            return self._publish(staged, lease, started, accept_schema_change or self.dataset.accept_schema_change)
+            return self._publish(staged, manifest, lease, started, accept_schema_change or self.dataset.accept_schema_change)
         finally:
             lease.release()
 
-    def _publish(self, staged: StagedTable, lease: Lease, started: float, accept_schema_change: bool) -> LoadResult:
-        manifest, table_schema = staged.manifest(), staged.schema()
+    def _publish(self, staged: StagedTable, manifest: Any, lease: Lease, started: float, accept_schema_change: bool) -> LoadResult:
+        table_schema = staged.schema()
         live_exists = self._exists(self.table)
         mode = self.mode if live_exists else "swap"  # a first publish needs a new table
         self._check_grant_roles()
@@ -165,8 +165,8 @@ class Loader:
         self._set_timeout()
         unlogged = mode != "swap" and bool(getattr(self.transport, "unlogged_scratch", False))
         try:
-            self._build_shadow(staged, table_schema, manifest.rows, unlogged)
-            if self._check_schema_change(accept_schema_change) and mode != "swap":
+            self._build_shadow(staged, table_schema, manifest.rows, live_exists, unlogged)
+            if live_exists and self._check_schema_change(accept_schema_change) and mode != "swap":
                 log.warning("%s: the columns change, so %s gets a new table (swap) instead of %s", self.dataset.id, self.where(), mode)
                 mode = "swap"
                 views = self._swap_preflight(because="the columns change")
@@ -206,7 +206,8 @@ class Loader:
                           manifest.rows, manifest.sha256, self.run_id, time.monotonic() - started, self.dataset.grants,
                           self.dataset.primary_key, self.dataset.delete_stale, tuple(t for _, t in typed))
 
-    def _build_shadow(self, staged: StagedTable, table_schema: TableSchema, expected: int, unlogged: bool = False) -> None:
+    def _build_shadow(self, staged: StagedTable, table_schema: TableSchema, expected: int, live_exists: bool,
+                      unlogged: bool = False) -> None:
         self.status(f"{self.dataset.id}: creating {self.shadow}")
         self.transport.query(sql.create_table(self.schema, self.shadow, table_schema, unlogged))
         self.status(f"{self.dataset.id}: copying {expected} rows into {self.shadow}")
@@ -219,7 +220,7 @@ class Loader:
         counted = self._count(self.shadow)
         if not (copied == counted == expected):
             raise LoadError(f"{self.dataset.id}: row count mismatch loading {self.where()}: staged {expected}, copied {copied}, in table {counted}")
-        self._check_rows(counted)
+        self._check_rows(counted, live_exists)
         self.status(f"{self.dataset.id}: finishing {self.shadow}")
         self.transport.finish_shadow(self.schema, self.shadow, table_schema)
 
@@ -247,10 +248,10 @@ class Loader:
             raise LoadError(f"{self.dataset.id}: primary_key ({', '.join(plan.primary_key)}) has a {rows[0]['problem']} value "
                             f"({rows[0]['key']}) in the staged data, so rows cannot be matched; live table unchanged")
 
-    def _check_rows(self, new_rows: int) -> None:
+    def _check_rows(self, new_rows: int, live_exists: bool) -> None:
         if new_rows == 0 and not self.dataset.allow_empty:
             raise LoadError(f"{self.dataset.id}: refusing to replace {self.where()} with an empty table (set allow_empty: true)")
-        if not self._exists(self.table):
+        if not live_exists:
             return
         live = self._count(self.table)
         if live == 0:
@@ -265,9 +266,8 @@ class Loader:
 
     def _check_schema_change(self, accepted: bool) -> bool:
         """Apps query these tables by column name: a column added, removed or retyped is refused unless
-        accepted. Returns whether the columns change (an accepted change needs a new table: a swap)."""
-        if not self._exists(self.table):
-            return False
+        accepted. Returns whether the columns change (an accepted change needs a new table: a swap). Only
+        asked when the live table exists."""
         live = {r["name"]: r["type"] for r in self.transport.query(sql.column_types(self.schema, self.table))}
         new = {r["name"]: r["type"] for r in self.transport.query(sql.column_types(self.schema, self.shadow))}
         added = [c for c in new if c not in live]

@@ -24,8 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import psycopg
@@ -35,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from tests.conftest import create_postgis_database, drop_database, ensure_role  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from run import tree_rss_kb  # noqa: E402  (bench/run.py: the process-tree memory sampler)
+from run import run_measured as measured_run  # noqa: E402  (bench/run.py: wall time and process-tree memory)
 
 BIN = Path(sys.executable).parent
 MYSQL = os.environ.get("DATABRIDGE_BENCH_MYSQL", "mysql+pymysql://root@127.0.0.1:3306")
@@ -74,30 +72,15 @@ CPU: list[tuple[float, float]] = []  # (our process tree's CPU seconds, MariaDB'
 
 
 def run_measured(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """bench/run.py's measurement (wall seconds, peak RSS of the process tree), plus the CPU seconds of our
+    process tree and of MariaDB, appended to CPU."""
     import resource
 
     before, server = resource.getrusage(resource.RUSAGE_CHILDREN), _server_cpu()
-    started = time.monotonic()
-    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak, stop = 0, threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, tree_rss_kb(process.pid))
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    _, stderr = process.communicate()
-    elapsed = time.monotonic() - started
-    stop.set()
-    sampler.join()
+    elapsed, peak_mb = measured_run(command, env=env)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     CPU.append((after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, _server_cpu() - server))
-    if process.returncode != 0:
-        raise RuntimeError(f"{command!r} exited {process.returncode}: {stderr.decode(errors='replace')[-2500:]}")
-    return elapsed, peak / 1024
+    return elapsed, peak_mb
 
 
 class Sources:

@@ -132,6 +132,14 @@ class Extract(DatasetTask):
     def output(self) -> StagedTableTarget:
         return StagedTableTarget(staged_table(str(self.dataset_id), str(self.version)))
 
+    def complete(self) -> bool:
+        done = super().complete()
+        if not done:  # about to run: import its drivers here, so that forked task processes inherit them
+            from .sources import preload
+
+            preload(self.dataset.kind)
+        return done
+
     def run(self) -> None:
         from .change import Outcome, extract_unless_unchanged
         from .sources import extract  # sources import their drivers lazily

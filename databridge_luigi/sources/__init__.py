@@ -16,6 +16,17 @@ from ..staging import Manifest, StagedTable
 Progress = Callable[..., None]
 
 
+def preload(kind: str) -> None:
+    """Import what extracting a ``kind`` source needs, without connecting. The scheduling process calls this
+    for an Extract it is about to run: with ``--workers N`` luigi forks a process per task, and each would
+    otherwise import SQLAlchemy and a dialect itself (~0.4 s of CPU per task on two cores)."""
+    if kind == "databridge":
+        from . import sql  # noqa: F401  (SQLAlchemy and the adapters)
+        from .sql.base import preload_dialects
+
+        preload_dialects()
+
+
 def extract(dataset: Dataset, url: str, staged: StagedTable, progress: Progress = lambda *a: None) -> Manifest:
     with staged.writer() as writer:
         if dataset.kind == "databridge":

@@ -53,6 +53,17 @@ class Extraction:
     facts: dict[str, Any]
 
 
+PRELOADED_DIALECTS = ("postgresql.psycopg", "oracle.oracledb")  # the warehouse's: geodatabase on PostgreSQL, Oracle
+
+
+def preload_dialects() -> None:
+    """Import the dialects the City's sources use (``create_engine`` would import one on first use)."""
+    import importlib
+
+    for dialect in PRELOADED_DIALECTS:
+        importlib.import_module(f"sqlalchemy.dialects.{dialect}")
+
+
 def sqlalchemy_url(url: str) -> str:
     """Connection URLs say ``postgresql://``; SQLAlchemy needs the psycopg 3 driver named."""
     for prefix in ("postgresql://", "postgres://"):

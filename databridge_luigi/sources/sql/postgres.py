@@ -228,7 +228,17 @@ class PostgresAdapter(Adapter):
             progress(rows)
             return rows
         finally:
-            raw.close()
+            _give_back(raw)
+
+
+def _give_back(raw: Any) -> None:
+    """Return the COPY's connection to the extract's pool as the pool handed it out (not autocommit); one the
+    COPY left unusable (a cancelled statement, a lost server) is discarded instead."""
+    try:
+        raw.driver_connection.autocommit = False
+    except Exception:
+        raw.invalidate()
+    raw.close()
 
 
 def _pg_type(typname: str, category: str) -> str:

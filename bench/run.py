@@ -221,7 +221,9 @@ class Bench:
             dept, file = dataset.split("__")
             path = root / "databridge" / dept / f"{file}.yml"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(f"schedule_interval: 0 1 * * *\nupload_to_carto: true\ncarto_users: [publicuser]\n"
+            # swap: a new table each run, as the floor makes one (the default for a republish, replace, rewrites the
+            # live table in place, which bench/modes.py measures)
+            path.write_text(f"schedule_interval: 0 1 * * *\nupload_to_carto: true\ncarto_users: [publicuser]\nload_mode: swap\n"
                             f"source: {{schema: bench, table: {table}}}\ndestination: {{table: {table}}}\n")
         return root
 

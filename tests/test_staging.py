@@ -153,3 +153,29 @@ def test_missing_or_corrupt_objects_give_clear_errors(tmp_path):
     (tmp_path / "d" / "v" / "manifest.json").write_text("{not json")
     with pytest.raises(StagingError, match="corrupt manifest"):
         table.manifest()
+
+
+def test_a_manifest_found_by_exists_is_not_read_again(tmp_path):
+    """Finding an earlier version (exists) and then reading its manifest is one GET, not two: on S3 every read
+    is a round trip, and change detection does both for every dataset of a daily run. A corrupt manifest still
+    exists, and manifest() still names what is wrong with it."""
+    reads: list[str] = []
+
+    class CountingStore(LocalStore):
+        def read_bytes(self, key: str) -> bytes | None:
+            reads.append(key)
+            return super().read_bytes(key)
+
+    store = CountingStore(tmp_path)
+    write(StagedTable(store, "d", "v1"), [["1", "a"]])
+    reads.clear()
+    previous = StagedTable(store, "d", "v2").previous()
+    assert previous is not None and previous.version == "v1"
+    assert previous.manifest().rows == 1 and previous.manifest().version == "v1"
+    assert reads == ["d/v1/manifest.json"]
+    (tmp_path / "d" / "v3").mkdir()
+    (tmp_path / "d" / "v3" / "manifest.json").write_text("{not json")
+    corrupt = StagedTable(store, "d", "v3")
+    assert corrupt.exists()
+    with pytest.raises(StagingError, match="corrupt manifest"):
+        corrupt.manifest()

@@ -98,7 +98,16 @@ class StagedTable:
         return self.store.describe(self.prefix)
 
     def exists(self) -> bool:
-        return self._manifest is not None or self.store.read_bytes(self.key(MANIFEST)) is not None
+        if self._manifest is not None:
+            return True
+        data = self.store.read_bytes(self.key(MANIFEST))
+        if data is None:
+            return False
+        try:  # kept, so that asking for the manifest next costs no second read
+            self._manifest = Manifest.loads(data, self.store.describe(self.key(MANIFEST)))
+        except (StagingError, ValueError):
+            pass  # it exists; manifest() reports what is wrong with it
+        return True
 
     def manifest(self) -> Manifest:
         if self._manifest is None:

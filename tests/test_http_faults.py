@@ -677,9 +677,9 @@ def ago_emu() -> Iterator[AgoEmulator]:
 
 @pytest.fixture()
 def ago_pipeline(tmp_path, monkeypatch, postgis_dsn, ago_emu, emulators) -> Iterator[tuple[Pipeline, dict[str, str]]]:
-    monkeypatch.setattr(ago_publish, "BACKOFF_INITIAL", 0.01)
-    monkeypatch.setattr(ago_publish, "RECOUNT_WAIT", 0.01)
-    monkeypatch.setattr(ago_publish, "LEASE_SETTLE", 0.01)
+    monkeypatch.setattr(ago_publish.client, "BACKOFF_INITIAL", 0.01)  # each tunable where the code reads it
+    monkeypatch.setattr(ago_publish.layer, "RECOUNT_WAIT", 0.01)
+    monkeypatch.setattr(ago_publish.item, "LEASE_SETTLE", 0.01)
     ago_emu.clear_faults()
     ago_emu.clear_requests()
     suffix = tmp_path.name[-12:].replace("-", "_")
@@ -701,7 +701,7 @@ def test_ago_transient_fault_is_retried_and_the_layer_published(ago_pipeline, ag
     pipeline, names = ago_pipeline
     fault, match, options = {**AGO_FAULTS, **AGO_TRANSIENT_ONLY}[case]
     if fault == "slow":
-        monkeypatch.setattr(ago_publish, "REQUEST_TIMEOUT", READ_TIMEOUT)
+        monkeypatch.setattr(ago_publish.client, "REQUEST_TIMEOUT", READ_TIMEOUT)
     ago_emu.inject(fault, times=1, match=match, **options)
     run = pipeline.run(Publish(dataset_id="flt__violations"))
     assert run.ok, run.summary
@@ -718,7 +718,7 @@ def test_ago_persistent_fault_fails_in_bounded_time_naming_dataset_step_endpoint
     pipeline, names = ago_pipeline
     fault, match, options = AGO_FAULTS[case]
     if fault == "slow":
-        monkeypatch.setattr(ago_publish, "REQUEST_TIMEOUT", READ_TIMEOUT)
+        monkeypatch.setattr(ago_publish.client, "REQUEST_TIMEOUT", READ_TIMEOUT)
     ago_emu.inject(fault, times=None, match=match, **options)
     started = time.monotonic()
     run = pipeline.run(Publish(dataset_id="flt__violations"))

@@ -527,7 +527,7 @@ def s3(aws, monkeypatch, tmp_path, postgis_dsn, emulators) -> Iterator[tuple[Fau
     import moto.s3.models
 
     monkeypatch.setattr(moto.s3.models, "S3_UPLOAD_PART_MIN_SIZE", 1024)  # small parts, many of them
-    monkeypatch.setattr(staging, "PART_SIZE", 16 * 1024)
+    monkeypatch.setattr(staging.tuning, "PART_SIZE", 16 * 1024)
     client = boto3.client("s3")
     if BUCKET not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
         client.create_bucket(Bucket=BUCKET)

@@ -129,7 +129,7 @@ def test_identical_data_has_identical_fingerprint(store):
 
 
 def test_large_object_goes_up_in_parts_and_streams_back(aws, monkeypatch):
-    monkeypatch.setattr(staging, "PART_SIZE", 5 * 1024 * 1024)  # S3's minimum part size
+    monkeypatch.setattr(staging.tuning, "PART_SIZE", 5 * 1024 * 1024)  # S3's minimum part size
     client = boto3.client("s3")
     client.create_bucket(Bucket="big")
     table = StagedTable(S3Store("big", client=client), "d", "v")

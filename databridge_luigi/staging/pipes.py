@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import io
 import queue
-import sys
 import threading
 import zlib
 from typing import IO, Any
+
+from . import tuning
 
 try:  # ISA-L's deflate/inflate (the ``isal`` wheel): ~4x zlib's speed at level 1, with a better ratio
     from isal import isal_zlib as _zlib
@@ -29,11 +30,6 @@ except ImportError:  # pragma: no cover - the standard library's zlib, same form
     _ZLIB_ERRORS = (zlib.error,)
 
 _DONE = object()
-
-
-def settings() -> Any:
-    """The package module, where the tunables live (read at run time, so a test can change them there)."""
-    return sys.modules[__package__]
 
 
 class _Stage:
@@ -93,7 +89,7 @@ class _Inflater(io.RawIOBase):
     def __init__(self, raw: IO[bytes], where: str):
         super().__init__()
         self._raw, self._where = raw, where
-        self._queue: queue.Queue[Any] = queue.Queue(settings().QUEUE_BLOCKS)
+        self._queue: queue.Queue[Any] = queue.Queue(tuning.QUEUE_BLOCKS)
         self._stop = threading.Event()
         self._block = memoryview(b"")
         self._ended = False
@@ -113,7 +109,7 @@ class _Inflater(io.RawIOBase):
         return False
 
     def _run(self) -> None:
-        config = settings()
+        config = tuning
         try:
             inflate = _zlib.decompressobj(31)
             data, started = b"", False

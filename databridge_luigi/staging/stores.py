@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from ..connections import redact
-from . import AlreadyStaged, StagingError
-from .pipes import _Stage, settings
+from . import tuning
+from .errors import AlreadyStaged, StagingError
+from .pipes import _Stage
 
 log = logging.getLogger("databridge_luigi.staging")
 
@@ -224,7 +225,7 @@ class _S3MultipartWrite:
 
     def __init__(self, client: Any, bucket: str, key: str, where: str):
         self.client, self.bucket, self.key, self.where = client, bucket, key, where
-        self._part_size = settings().PART_SIZE
+        self._part_size = tuning.PART_SIZE
         self._buffer = bytearray()
         self._parts: list[dict[str, Any]] = []
         self._queued = 0
@@ -239,7 +240,7 @@ class _S3MultipartWrite:
 
     def _queue_part(self, size: int) -> None:
         if self._uploader is None:
-            self._uploader = _Stage(f"s3-upload {self.key}", self._upload_part, settings().QUEUE_PARTS)
+            self._uploader = _Stage(f"s3-upload {self.key}", self._upload_part, tuning.QUEUE_PARTS)
         self._queued += 1
         part = bytes(self._buffer[:size])
         del self._buffer[:size]

@@ -21,9 +21,13 @@ from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
 from ..schema import TableSchema
-from . import DATA, MANIFEST, SCHEMA, AlreadyStaged, StagingError
-from .pipes import _Inflater, _Stage, _zlib, settings
+from . import tuning
+from .errors import AlreadyStaged, StagingError
+from .pipes import _Inflater, _Stage, _zlib
 from .stores import Store, WriteStream
+
+# The legacy names (manifests without data/schema keys) and the manifest's own name.
+DATA, SCHEMA, MANIFEST = "data.csv.gz", "schema.json", "manifest.json"
 
 log = logging.getLogger("databridge_luigi.staging")
 
@@ -148,7 +152,7 @@ class StagedTable:
         with self.open_gzip() as raw:
             inflater = _Inflater(raw, self.store.describe(self.data_key()))
             try:
-                yield io.BufferedReader(inflater, settings().BLOCK_SIZE)
+                yield io.BufferedReader(inflater, tuning.BLOCK_SIZE)
             finally:
                 inflater.close()
 
@@ -210,7 +214,7 @@ class StagedTableWriter:
 
     def __init__(self, table: StagedTable, stream: WriteStream):
         self.table, self._stream = table, stream
-        self._config = settings()
+        self._config = tuning
         self._sha = hashlib.sha256()
         self.csv_bytes = 0
         self.gzip_bytes = 0

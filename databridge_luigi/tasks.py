@@ -253,7 +253,7 @@ class Load(DatasetTask):
 class LoadAgo(DatasetTask):
     """Staged table → ArcGIS Online hosted feature layer (``upload_to_ago: true`` and an ``ago:`` block). Its own
     marker (in the AGO item's properties) and its own resource slot ``destination_<ago conn>``, so a failing
-    CARTO/PostGIS load of the same dataset does not hold it back (see publish/ago.py)."""
+    CARTO/PostGIS load of the same dataset does not hold it back (see publish/ago/)."""
 
     force = luigi.BoolParameter(default=False, description="rewrite the layer even if the data is unchanged")
 

@@ -1,7 +1,7 @@
 """Publishing to ArcGIS Online, end to end against the AGO emulator over real HTTP (tests/emulators/ago.py).
 
-Real parts: a config tree loaded by config.py, staged tables written by the staging writer on disk, the
-publisher (databridge_luigi/publish/ago.py) talking HTTP to the emulator. Faults come from the emulator
+Real parts: a config tree loaded by config/, staged tables written by the staging writer on disk, the
+publisher (databridge_luigi/publish/ago/) talking HTTP to the emulator. Faults come from the emulator
 (throttling, expired tokens, timeouts after commit, refused rows), never from patched code.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Config discovery and validation (databridge_luigi/config.py).
+"""Config discovery and validation (databridge_luigi/config/).
 
 The expected inventory below is transcribed from the old system's reference (seed-system.md §2.1), not
 from the files in ``configs/``, so that these tests catch a config that was lost or changed in the port.

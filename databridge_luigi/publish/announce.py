@@ -3,7 +3,7 @@
 After a load that rewrote the table its marker row is flagged pending (``pushed = false``) and the webhook
 gets one JSON POST (catalog.published_payload: dataset, destination, version, rows, changed counts); a 2xx
 flags it sent. A failure is logged and never fails the publish: the next load of the dataset, whatever its
-outcome, sends what is still pending first. (ArcGIS Online keeps its own pending push in the item; ago.py.)
+outcome, sends what is still pending first. (ArcGIS Online keeps its own pending push in the item; publish/ago/push.py.)
 """
 from __future__ import annotations
 

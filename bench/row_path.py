@@ -140,7 +140,8 @@ class Sources:
         path.parent.mkdir(parents=True, exist_ok=True)
         schema = {"postgres": "bench", "sqlite": "main", "mysql": self.mysql_db}[kind]
         geometry = "" if kind == "postgres" else "geometry: {column: geom, srid: 2272}\n"
-        path.write_text(f"schedule_interval: 0 1 * * *\nupload_to_carto: true\ncarto_users: [publicuser]\n"
+        # swap: every repeat builds a new table (a republish's default, replace, rewrites the live table in place)
+        path.write_text(f"schedule_interval: 0 1 * * *\nupload_to_carto: true\ncarto_users: [publicuser]\nload_mode: swap\n"
                         f"source: {{schema: {schema}, table: {table}}}\ndestination: {{table: {kind}_{table}}}\n{geometry}")
         url = {"postgres": self.pg, "sqlite": f"sqlite:///{self.sqlite}", "mysql": f"{MYSQL}/{self.mysql_db}"}[kind]
         env = dict(os.environ, DATABRIDGE_CONFIG_DIR=str(config), DATABRIDGE_STAGING=str(self.workdir / "staging"), DATABRIDGE_ROW_PATH=self.row_path,

@@ -20,7 +20,7 @@ The package is split by concept, each module importing only those before it:
 * ``text``    — the terminal tables and the JSON (``text_table``, ``history_table``, ``as_json``);
 * ``page``    — the HTML page (``html_page``, ``COLOURS``) and ``write_page``.
 
-Every name is importable from ``databridge_luigi.status``; no module of the package imports the package.
+Every public name is importable from ``databridge_luigi.status``; no module of the package imports the package.
 """
 from __future__ import annotations
 

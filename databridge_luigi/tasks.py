@@ -134,11 +134,20 @@ class Extract(DatasetTask):
 
     def complete(self) -> bool:
         done = super().complete()
-        if not done:  # about to run: import its drivers here, so that forked task processes inherit them
-            from .sources import preload
-
-            preload(self.dataset.kind)
+        if not done:
+            self._import_drivers()
         return done
+
+    def _import_drivers(self) -> None:
+        """About to run: import the source's drivers here, in the scheduling process, so that the task processes
+        luigi forks with --workers N inherit them. A dataset that cannot be found is run()'s error to report."""
+        from .sources import preload
+
+        try:
+            kind = self.dataset.kind
+        except (KeyError, ConfigError):
+            return
+        preload(kind)
 
     def run(self) -> None:
         from .change import Outcome, extract_unless_unchanged

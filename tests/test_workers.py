@@ -57,6 +57,7 @@ def test_the_scheduling_process_imports_the_drivers_of_an_extract_it_will_run(tm
     probe = ("import sys\nfrom databridge_luigi.tasks import Extract\n"
              "before = 'sqlalchemy' in sys.modules\n"
              "pending = not Extract(dataset_id='ops__t', version='20261201T000000Z').complete()\n"
-             "print(before, pending, 'sqlalchemy.dialects.postgresql.psycopg' in sys.modules)\n")
+             "print(before, pending, 'sqlalchemy.dialects.postgresql.psycopg' in sys.modules)\n"
+             "print(Extract(dataset_id='ops__typo', version='20261201T000000Z').complete())\n")  # run() names the typo
     out = subprocess.run([str(Path(LUIGID).with_name("python")), "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert out.stdout.split() == ["False", "True", "True"], out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True", "True", "False"], out.stderr[-2000:]

@@ -61,7 +61,10 @@ def preload_dialects() -> None:
     import importlib
 
     for dialect in PRELOADED_DIALECTS:
-        importlib.import_module(f"sqlalchemy.dialects.{dialect}")
+        try:
+            importlib.import_module(f"sqlalchemy.dialects.{dialect}")
+        except ImportError:  # not in this SQLAlchemy: create_engine reports it for a source that needs it
+            pass
 
 
 def sqlalchemy_url(url: str) -> str:

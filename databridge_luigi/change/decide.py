@@ -21,13 +21,6 @@ log = logging.getLogger(__package__)  # databridge_luigi.change, the logger's na
 SIGNAL_FORMAT = 2  # 2: the newest xmin from age(); compared only with signals of the same format
 
 
-def _engine_url(url: str) -> str:
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
-    return url
-
-
 def read_signal(dataset: Dataset, url: str, engine: Any = None) -> dict[str, Any]:
     """The dataset's change signal now, or SignalUnavailable saying why there is none."""
     options = getattr(dataset, "change_signal", True)
@@ -39,7 +32,9 @@ def read_signal(dataset: Dataset, url: str, engine: Any = None) -> dict[str, Any
 
     own = engine is None
     if own:
-        engine = sa.create_engine(_engine_url(url), poolclass=sa.pool.NullPool)
+        from ..sources.sql.base import sqlalchemy_url  # the extract's own URL rule: the same driver reads the signal
+
+        engine = sa.create_engine(sqlalchemy_url(url), poolclass=sa.pool.NullPool)
     try:
         column = getattr(options, "column", None)
         dialect = engine.dialect.name

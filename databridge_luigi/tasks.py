@@ -13,6 +13,7 @@ import time
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import luigi
 
@@ -29,6 +30,9 @@ from .publish.protocol import Loader, LoadResult, LoadSettings
 from .schedule import due_version, forced_version, parse_version
 from .staging import StagedTable, open_store
 from .targets import PublishedTableTarget, StagedTableTarget, published_versions
+
+if TYPE_CHECKING:
+    from .sources.sql.base import ChangedSince
 
 log = logging.getLogger("databridge_luigi")
 
@@ -160,12 +164,34 @@ class Extract(DatasetTask):
 
         def stage() -> Outcome:
             url = resolve(dataset.source_conn)
-            return extract_unless_unchanged(dataset, url, staged, lambda: extract(dataset, url, staged, progress=self._progress),
+            since = self._changed_since(dataset)
+            return extract_unless_unchanged(dataset, url, staged, lambda: extract(dataset, url, staged, progress=self._progress, since=since),
                                             force=bool(self.force))
 
         with stopping.cancel_on_sigterm():
             outcome = retry_if_rotated(dataset.source_conn, stage)
         self.status(outcome.message, 100)  # staged N rows | unchanged since <version> | already staged by run …
+
+    def _changed_since(self, dataset: Dataset) -> "ChangedSince | None":
+        """An incremental dataset reads the rows changed since the version its destination holds; ``--force``, or
+        any doubt about that version, reads every row (databridge_luigi.change.delta)."""
+        from .change.delta import changed_since, incremental_column
+
+        if incremental_column(dataset) is None or self.force:
+            return None
+        try:
+            base = Loader(dataset, transports.get(dataset.dest_conn)).latest_version()
+        except Exception as exc:  # the load will report the destination; the extract reads every row meanwhile
+            log.warning("%s: cannot ask %s for its published version (%s); extracting every row", dataset.id,
+                        dataset.dest_conn, redact_exception(exc))
+            return None
+        if base is None:
+            log.info("%s: %s has no published version yet; extracting every row", dataset.id, dataset.dest_conn)
+            return None
+        since, why_not = changed_since(dataset, staged_table(dataset.id, base))
+        if since is None:
+            log.info("%s: extracting every row: %s", dataset.id, why_not)
+        return since
 
     def _progress(self, rows: int, total: int | None = None) -> None:
         percent = 100.0 * rows / total if total else None

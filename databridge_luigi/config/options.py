@@ -52,6 +52,9 @@ class ChangeSignalOptions(_Strict):
 
     column: StrictStr | None = None  # a timestamp/date column the application sets on every insert and update
     settle_seconds: int = Field(default=3600, ge=0)  # a newest value younger than this (source clock) is not trusted
+    # Extract only rows whose column is newer than the published version's newest value (less settle_seconds, for
+    # writes that commit late), and merge them by primary_key (databridge_luigi.change.delta).
+    incremental: StrictBool = False
 
 
 class DestinationOptions(_Strict):

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from .model import ConfigError, ConfigProblem, Dataset
-from .options import GEOCODE_CENSUS_FIELDS, DatasetFile
+from .options import GEOCODE_CENSUS_FIELDS, ChangeSignalOptions, DatasetFile
 from .parse import MAX_CONFIG_BYTES, _inside
 
 # A table's shadow is "<table>__shadow" and identifiers stop at 63 bytes in PostgreSQL.
@@ -36,6 +36,28 @@ def _schema_override_problems(where: str, relative: str) -> list[ConfigProblem]:
     except (ValueError, SchemaError) as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
         return [ConfigProblem(where, "schema_override", f"{relative}: {exc}")]
     return []
+
+
+def _incremental_problems(where: str, spec: DatasetFile) -> list[ConfigProblem]:
+    """``change_signal.incremental`` stages only changed rows: every reader of a version must merge them."""
+    signal = spec.change_signal
+    if not (isinstance(signal, ChangeSignalOptions) and signal.incremental):
+        return []
+    key = "change_signal.incremental"
+    reasons = []
+    if not signal.column:
+        reasons.append("needs change_signal.column: the updated_at column that says which rows changed")
+    if not spec.primary_key:
+        reasons.append("needs primary_key: the changed rows are merged into the live table by key")
+    if spec.load_mode not in (None, "merge"):
+        reasons.append(f"merges by key, so load_mode must be merge (or left out), not {spec.load_mode}")
+    if spec.delete_stale:
+        reasons.append("cannot see rows deleted at the source: set delete_stale: false (a --force publish re-extracts "
+                       "everything; with delete_stale: true use a full extract instead)")
+    if spec.upload_to_ago is True or spec.geocode is not None or not spec.upload_to_carto:
+        reasons.append("is for datasets published to CARTO/PostGIS only (not with upload_to_ago, geocode or "
+                       "upload_to_carto: false, whose readers expect every row in each version)")
+    return [ConfigProblem(where, key, reason) for reason in reasons]
 
 
 def _build_dataset(where: str, kind: str, dept: str, table: str, env: str | None, spec: DatasetFile, default_carto_conn: str) -> Dataset:
@@ -77,6 +99,7 @@ def _build_dataset(where: str, kind: str, dept: str, table: str, env: str | None
         problems += _schema_override_problems(where, spec.schema_override)
     if spec.load_mode == "merge" and not spec.primary_key:
         problems.append(ConfigProblem(where, "load_mode", "merge needs primary_key: [columns] that identify a row"))
+    problems += _incremental_problems(where, spec)
     if problems:
         raise ConfigError(problems)
     suffix = f"__{env}" if kind == "knack" else ""

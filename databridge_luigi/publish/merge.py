@@ -1,5 +1,6 @@
 """Merge by key: insert new rows, update changed ones, delete rows gone from the source (``delete_stale``),
-leave unchanged rows untouched (on CARTO they keep their ``cartodb_id``, which apps link to).
+leave unchanged rows untouched (on CARTO they keep their ``cartodb_id``, which apps link to). The shadow may
+hold only an incremental extract's changed rows (``plan.changed_rows_only``): then nothing is deleted.
 
 Like replace, it keeps the live table's identity and takes only ROW EXCLUSIVE. One statement does it all:
 data-modifying CTEs over one snapshot touch disjoint rows (stale keys, changed keys, new keys), and the
@@ -63,4 +64,7 @@ def statements(plan: CommitPlan) -> list[str]:
     updated = "(SELECT count(*) FROM updated)" if others else "0"
     deleted = "(SELECT count(*) FROM deleted)" if plan.delete_stale else "0"
     counts = f"{inserted}, {updated}, {deleted}, {plan.rows} - {inserted} - {updated}"
-    return ["WITH " + ", ".join(parts) + " " + plan.marker(MODE, counts), *plan.grant_statements()]
+    # Changed rows only: the marker records the table's rows after the merge, not the shadow's. The count reads
+    # the statement's snapshot (before its own writes), so the rows it inserts and deletes are added in.
+    row_count = f"(SELECT count(*) FROM {plan.live}) + {inserted} - {deleted}" if plan.changed_rows_only else None
+    return ["WITH " + ", ".join(parts) + " " + plan.marker(MODE, counts, row_count), *plan.grant_statements()]

@@ -23,6 +23,7 @@ class CommitPlan:
     primary_key: tuple[str, ...] = ()
     delete_stale: bool = True
     types: tuple[str, ...] = ()  # format_type of each column, aligned with ``columns`` (merge compares by type)
+    changed_rows_only: bool = False  # the shadow holds an incremental extract's rows, not the whole table
 
     @property
     def live(self) -> str:
@@ -36,9 +37,9 @@ class CommitPlan:
         prefix = f"{alias}." if alias else ""
         return ", ".join(prefix + sql.ident(c) for c in self.columns)
 
-    def marker(self, mode: str, counts: str) -> str:
+    def marker(self, mode: str, counts: str, row_count_sql: str | None = None) -> str:
         return sql.insert_marker(self.schema, self.dataset_id, self.version, self.table, self.fingerprint, self.rows, True,
-                                 mode=mode, run_id=self.run_id, seconds=self.seconds, counts=counts)
+                                 mode=mode, run_id=self.run_id, seconds=self.seconds, counts=counts, row_count_sql=row_count_sql)
 
     def grant_statements(self) -> list[str]:
         return [f"GRANT SELECT ON {self.live} TO {sql.ident(user)}" for user in self.grants]

@@ -108,6 +108,7 @@ class Loader:
         self.table = dataset.dest_table
         self.run_id = new_run_id()
         self.shadow = sql.shadow_name(self.table, self.run_id)
+        self._changed_rows_only = False  # set per load: the staged version holds an incremental extract's rows
 
     def where(self) -> str:
         return f"{self.transport.name}:{self.schema}.{self.table}"
@@ -119,6 +120,17 @@ class Loader:
         return "merge" if self.dataset.primary_key else self.settings.default_mode
 
     # --- completion -------------------------------------------------------------------------------------
+
+    def latest_version(self) -> str | None:
+        """The version most recently published to the live table (what it holds now), or None."""
+        if not (self._exists(sql.MARKER_TABLE) and self._exists(self.table)):
+            return None
+        rows = self.transport.query(sql.latest_marker(self.schema, self.dataset.id, self.table))
+        return str(rows[0]["version"]) if rows else None
+
+    def _live_rows_recorded(self) -> int:
+        rows = self.transport.query(sql.latest_marker(self.schema, self.dataset.id, self.table))
+        return int(rows[0]["row_count"]) if rows else 0
 
     def is_published(self, version: str, pending_push_ok: bool = False) -> bool:
         if not self._exists(sql.MARKER_TABLE):
@@ -144,8 +156,10 @@ class Loader:
                 log.info("%s: version %s is already published to %s by another run; nothing to do", self.dataset.id, manifest.version, self.where())
                 return LoadResult(self.dataset.id, manifest.version, self.where(), manifest.rows, False, time.monotonic() - started,
                                   "already published")
+            if manifest.delta:
+                self._check_delta_base(manifest.version, manifest.delta)
             if not force and self._unchanged(manifest.sha256):
-                self._record(manifest.version, manifest.sha256, manifest.rows)
+                self._record(manifest.version, manifest.sha256, self._live_rows_recorded() if manifest.delta else manifest.rows)
                 log.info("%s: data unchanged since the last publish (sha256 %s…); recorded version %s without rewriting %s",
                          self.dataset.id, manifest.sha256[:12], manifest.version, self.where())
                 return LoadResult(self.dataset.id, manifest.version, self.where(), manifest.rows, False, time.monotonic() - started, "unchanged")
@@ -155,6 +169,7 @@ class Loader:
 
     def _publish(self, staged: StagedTable, manifest: Any, lease: Lease, started: float, accept_schema_change: bool) -> LoadResult:
         table_schema = staged.schema()
+        self._changed_rows_only = bool(manifest.delta)
         live_exists = self._exists(self.table)
         mode = self.mode if live_exists else "swap"  # a first publish needs a new table
         self._check_grant_roles()
@@ -204,7 +219,8 @@ class Loader:
         typed = [(r["name"], r["type"]) for r in self.transport.query(sql.column_types(self.schema, self.shadow)) if r["name"] not in managed]
         return CommitPlan(self.dataset.id, manifest.version, self.schema, self.table, self.shadow, tuple(c for c, _ in typed),
                           manifest.rows, manifest.sha256, self.run_id, time.monotonic() - started, self.dataset.grants,
-                          self.dataset.primary_key, self.dataset.delete_stale, tuple(t for _, t in typed))
+                          self.dataset.primary_key, self.dataset.delete_stale and not manifest.delta, tuple(t for _, t in typed),
+                          changed_rows_only=bool(manifest.delta))
 
     def _build_shadow(self, staged: StagedTable, table_schema: TableSchema, expected: int, live_exists: bool,
                       unlogged: bool = False) -> None:
@@ -225,6 +241,15 @@ class Loader:
         self.transport.finish_shadow(self.schema, self.shadow, table_schema)
 
     # --- guards (all before anything is visible) ---------------------------------------------------------
+
+    def _check_delta_base(self, version: str, delta: dict[str, Any]) -> None:
+        """A version of changed rows only completes a table that holds its base version (or a later one)."""
+        base, latest = str(delta.get("base_version")), self.latest_version()
+        if latest is None or latest < base:
+            now = f"holds version {latest}" if latest else "has no published version"
+            raise LoadError(f"{self.dataset.id}: version {version} holds only the rows changed since version {base} "
+                            f"({delta.get('column')} newer than {delta.get('newest')}), but {self.where()} {now}; "
+                            f"publish the whole table first (Publish --force extracts every row); live table unchanged")
 
     def _check_grant_roles(self) -> None:
         """Fail before any copying when a role in carto_users does not exist (the commit would roll back)."""
@@ -249,6 +274,8 @@ class Loader:
                             f"({rows[0]['key']}) in the staged data, so rows cannot be matched; live table unchanged")
 
     def _check_rows(self, new_rows: int, live_exists: bool) -> None:
+        if self._changed_rows_only:
+            return  # an incremental extract's changed rows: none, or far fewer than the table's, is normal
         if new_rows == 0 and not self.dataset.allow_empty:
             raise LoadError(f"{self.dataset.id}: refusing to replace {self.where()} with an empty table (set allow_empty: true)")
         if not live_exists:

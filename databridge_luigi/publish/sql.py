@@ -82,10 +82,11 @@ def create_lease_table(schema: str) -> str:
 
 def insert_marker(schema: str, dataset_id: str, version: str, table: str, fingerprint: str, rows: int, rewritten: bool,
                   mode: str | None = None, run_id: str | None = None, seconds: float | None = None,
-                  counts: str = "NULL, NULL, NULL, NULL") -> str:
+                  counts: str = "NULL, NULL, NULL, NULL", row_count_sql: str | None = None) -> str:
     """One marker row. ``counts`` is SQL for (inserted, updated, deleted, unchanged): literals, or scalar
-    sub-queries over a merge's data-modifying CTEs (see publish/merge.py)."""
-    values = ", ".join([literal(dataset_id), literal(version), literal(table), literal(fingerprint), literal(rows),
+    sub-queries over a merge's data-modifying CTEs (see publish/merge.py); ``row_count_sql``, when given, is SQL
+    for the table's row count in place of ``rows`` (a merge of changed rows only)."""
+    values = ", ".join([literal(dataset_id), literal(version), literal(table), literal(fingerprint), row_count_sql or literal(rows),
                         literal(rewritten), literal(mode), literal(run_id),
                         "NULL" if seconds is None else f"{seconds:.3f}", counts])
     return (

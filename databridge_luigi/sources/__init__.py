@@ -8,12 +8,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import Dataset
 from ..schema import SchemaError, TableSchema
 from ..staging import Manifest, StagedTable
 
 Progress = Callable[..., None]
+
+if TYPE_CHECKING:
+    from .sql.base import ChangedSince
 
 
 def preload(kind: str) -> None:
@@ -27,12 +31,18 @@ def preload(kind: str) -> None:
         preload_dialects()
 
 
-def extract(dataset: Dataset, url: str, staged: StagedTable, progress: Progress = lambda *a: None) -> Manifest:
+def extract(dataset: Dataset, url: str, staged: StagedTable, progress: Progress = lambda *a: None,
+            since: "ChangedSince | None" = None) -> Manifest:
+    """``since``: an incremental extract (SQL sources only): the rows changed since a published version, which
+    the manifest records as ``delta`` so that a load merges them instead of taking them for the whole table."""
+    if since is not None:
+        staged.delta = {"column": since.column, "newest": since.newest, "settle_seconds": since.settle_seconds,
+                        "base_version": since.base_version}
     with staged.writer() as writer:
         if dataset.kind == "databridge":
             from .sql import extract_table
 
-            extraction = extract_table(dataset, url, writer, progress)
+            extraction = extract_table(dataset, url, writer, progress, since)
         elif dataset.kind == "knack":
             from .knack import extract_knack
 
@@ -43,7 +53,7 @@ def extract(dataset: Dataset, url: str, staged: StagedTable, progress: Progress 
             extraction = extract_airtable(dataset, url, writer, progress)
         else:
             raise NotImplementedError(f"{dataset.id}: {dataset.kind} sources are not available in this build")
-        if extraction.rows == 0 and not dataset.allow_empty:  # one guard for every source
+        if extraction.rows == 0 and not dataset.allow_empty and since is None:  # one guard for every source (a delta may be empty)
             from .sql import ExtractError
 
             where = extraction.facts.get("table") or dataset.source_table

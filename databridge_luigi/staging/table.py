@@ -65,6 +65,9 @@ class Manifest:
     staged_by: str = ""  # host and pid of the run that wrote this manifest
     change_signal: dict[str, Any] | None = None  # read from the source before its data was extracted
     unchanged_from: str | None = None  # the version whose data this one names (the source had not changed)
+    # An incremental extract: only the rows changed since ``base_version`` (column, newest, settle_seconds,
+    # base_version); a load merges them and needs that version published first. None: every row.
+    delta: dict[str, Any] | None = None
 
     def dumps(self) -> bytes:
         return (json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n").encode()
@@ -86,13 +89,14 @@ class Manifest:
 
 class StagedTable:
     """One version of one dataset in staging. ``run_id`` names the objects this instance writes;
-    ``change_signal`` (set before writing) goes into the manifest."""
+    ``change_signal`` and ``delta`` (set before writing) go into the manifest."""
 
     def __init__(self, store: Store, dataset_id: str, version: str):
         self.store, self.dataset_id, self.version = store, dataset_id, version
         self.prefix = f"{dataset_id}/{version}"
         self.run_id = new_run_id()
         self.change_signal: dict[str, Any] | None = None
+        self.delta: dict[str, Any] | None = None
         self._manifest: Manifest | None = None  # immutable once it exists, so it is read once
 
     def key(self, name: str) -> str:
@@ -299,6 +303,7 @@ class StagedTableWriter:
             run_id=self.table.run_id,
             staged_by=this_process(),
             change_signal=self.table.change_signal,
+            delta=self.table.delta,
         )
         self.finished = True
         try:

@@ -18,8 +18,8 @@ from __future__ import annotations
 from ...config import Dataset
 from ...connections import redact
 from ...staging import StagedTableWriter
-from .base import (BATCH_ROWS, MAX_IDENTIFIER_BYTES, Adapter, ExtractError, Extraction, ExtractTimeout, Progress,
-                   SourceColumn, quote, quote_literal, run, sqlalchemy_url)
+from .base import (BATCH_ROWS, MAX_IDENTIFIER_BYTES, Adapter, ChangedSince, ExtractError, Extraction, ExtractTimeout,
+                   Progress, SourceColumn, quote, quote_literal, run, sqlalchemy_url)
 from .generic import GenericAdapter
 from .oracle import OracleAdapter
 from .postgres import PostgresAdapter
@@ -27,13 +27,15 @@ from .postgres import PostgresAdapter
 _run = run  # the name tests and older callers use
 
 __all__ = [
-    "BATCH_ROWS", "MAX_IDENTIFIER_BYTES", "Adapter", "ExtractError", "ExtractTimeout", "Extraction", "GenericAdapter",
+    "BATCH_ROWS", "MAX_IDENTIFIER_BYTES", "Adapter", "ChangedSince", "ExtractError", "ExtractTimeout", "Extraction", "GenericAdapter",
     "OracleAdapter", "PostgresAdapter", "SourceColumn", "extract_table", "quote", "quote_literal", "sqlalchemy_url",
 ]
 
 
-def extract_table(dataset: Dataset, url: str, writer: StagedTableWriter, progress: Progress = lambda rows: None) -> Extraction:
-    """Stream ``dataset``'s source table into ``writer``; returns the schema and facts for the manifest."""
+def extract_table(dataset: Dataset, url: str, writer: StagedTableWriter, progress: Progress = lambda rows: None,
+                  since: ChangedSince | None = None) -> Extraction:
+    """Stream ``dataset``'s source table (only rows changed ``since``, when given) into ``writer``; returns the
+    schema and facts for the manifest."""
     import sqlalchemy as sa
 
     engine = _engine(sqlalchemy_url(url))
@@ -42,7 +44,7 @@ def extract_table(dataset: Dataset, url: str, writer: StagedTableWriter, progres
         adapter = adapter_for(engine)(dataset, engine)
         sa.event.listen(engine, "connect", lambda dbapi_connection, record: adapter.on_connect(dbapi_connection))
         engine.dispose()  # the connection that chose the adapter lacks its session settings (the dataset's timeout)
-        return run(dataset, adapter, writer, progress)
+        return run(dataset, adapter, writer, progress, since)
     except sa.exc.NoSuchTableError as exc:
         raise ExtractError(f"{dataset.id}: source {dataset.source_conn}: table {redact(str(exc))} not found") from None
     except sa.exc.SQLAlchemyError as exc:  # not every SQLAlchemyError wraps a driver error (.orig)

@@ -11,7 +11,10 @@ import sqlalchemy as sa
 from ...config import Dataset
 from ...staging import StagedTableWriter
 from ..values import ConversionStats
-from .base import Adapter, ExtractError, Progress, SourceColumn, quote, quote_literal
+from .base import Adapter, ChangedSince, ExtractError, Progress, SourceColumn, quote, quote_literal
+
+# The column types an incremental extract can compare (the ``column`` change signal takes the same).
+CHANGED_SINCE_TYPES = ("timestamptz", "timestamp", "date")
 
 # Esri assigns spatial reference ids from 300001 up to coordinate systems it writes into a PostGIS
 # spatial_ref_sys without an EPSG code (e.g. a State Plane variant with a vertical system). They are numbers of
@@ -21,6 +24,7 @@ ESRI_SRID_MIN = 300000
 
 class PostgresAdapter(Adapter):
     dialect = "postgresql"
+    reads_changed_since = True
     COPY_BLOCK = 1024 * 1024  # COPY output handed to the staging writer at a time
     COPY_PROGRESS_ROWS = 50_000
 
@@ -189,6 +193,20 @@ class PostgresAdapter(Adapter):
                 f"(ARRAY['', 'm', 'z', 'zm'])[ST_Zmflag({g}) + 1] FROM {self.from_clause()} WHERE NOT ST_IsEmpty({g})"
             )
             return {row[0] for row in conn.execute(sa.text(sql))}
+
+    def changed_since_filter(self, since: ChangedSince) -> str:
+        """``column > '<newest>'::<its type> - settle``: the base version's newest value, as this server printed
+        it, read back as the column's own type (a naive timestamp stays naive), so an index on it is used."""
+        with self.engine.connect() as conn:
+            typname = conn.execute(sa.text(
+                "SELECT t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+                "WHERE a.attrelid = to_regclass(:relation) AND a.attname = :column AND a.attnum > 0 AND NOT a.attisdropped"),
+                {"relation": self.from_clause(), "column": since.column}).scalar()
+        if typname not in CHANGED_SINCE_TYPES:
+            raise ExtractError(f"{self.dataset.id}: change_signal.column {since.column!r} of {self.table_label} is "
+                               f"{'missing' if typname is None else typname}, not a timestamp or date; incremental needs one")
+        return (f"{quote(since.column)} > CAST({quote_literal(since.newest)} AS {typname}) "
+                f"- make_interval(secs => {int(since.settle_seconds)})")
 
     # --- data -----------------------------------------------------------------------------------------------
     def stream(self, columns: Sequence[SourceColumn], writer: StagedTableWriter, stats: ConversionStats, progress: Progress) -> int:

@@ -24,7 +24,6 @@ INCREMENTAL = """\
     carto_users: []
     source: {{schema: gis_inc, table: {table}}}
     primary_key: [objectid]
-    delete_stale: false
     change_signal: {{column: updated_at, settle_seconds: 60, incremental: true}}
     {extra}
     """
@@ -115,13 +114,44 @@ def test_a_row_stamped_before_the_base_but_committed_late_is_read_again(case):
     assert case.pipeline.dest(f"SELECT code FROM public.{case.table} WHERE objectid = 2")[0][0] == "late"
 
 
-def test_deletes_wait_for_a_full_publish_and_force_reads_every_row(case):
+def test_deleted_rows_are_deleted_through_the_staged_key_set(case):
+    first = case.publish()
+    case.sql(f"DELETE FROM gis_inc.{case.table} WHERE objectid = 9")
+    case.sql(f"UPDATE gis_inc.{case.table} SET code = 'x', updated_at = now() WHERE objectid = 10")
+    second = case.publish()
+    manifest = case.manifest(second)
+    assert manifest["rows"] == 2  # row 10, and row 1 (the base's newest stamp) read again
+    assert manifest["delta"]["keys"] == {"staged_as": f"{case.dataset_id}__keys", "rows": 299}
+    keys = json.loads(Path(case.pipeline.staging, f"{case.dataset_id}__keys", second, "manifest.json").read_text())
+    assert keys["columns"] == ["objectid"] and keys["rows"] == 299
+    assert case.live() == case.source()
+    assert case.marker(second) == ("merge", 299, 0, 1, 1, 1)
+    assert not case.pipeline.dest(f"SELECT relname FROM pg_class WHERE relname LIKE '{case.table}%shadow%'")  # both dropped
+    assert first
+
+
+def test_the_same_changed_rows_with_a_key_gone_are_not_taken_for_unchanged(case):
+    """Two versions can re-read the same rows (the look-back); a delete between them changes only the key set."""
+    first = case.publish()
+    newest = case.manifest(first)["change_signal"]["newest"]
+    case.sql(f"UPDATE gis_inc.{case.table} SET code = 'x', updated_at = %s::timestamptz + interval '30 seconds' WHERE objectid = 5", (newest,))
+    second = case.publish()
+    case.sql(f"DELETE FROM gis_inc.{case.table} WHERE objectid = 9")
+    third = case.publish()
+    assert case.manifest(third)["sha256"] == case.manifest(second)["sha256"]  # rows 1 and 5 both times
+    assert case.marker(third)[0] == "merge" and case.marker(third)[4] == 1  # merged: one deleted
+    assert case.live() == case.source()
+
+
+def test_without_delete_stale_deletes_wait_and_force_reads_every_row(case):
+    case.pipeline.config(case.dataset_id, INCREMENTAL.format(table=case.table, extra="delete_stale: false"))
     case.publish()
     case.sql(f"DELETE FROM gis_inc.{case.table} WHERE objectid = 9")
     case.sql(f"UPDATE gis_inc.{case.table} SET code = 'x', updated_at = now() WHERE objectid = 10")
     second = case.publish()
-    assert case.manifest(second)["rows"] == 2  # row 10, and row 1 (the base's newest stamp) read again
-    assert case.pipeline.dest(f"SELECT count(*) FROM public.{case.table} WHERE objectid = 9")[0][0] == 1  # not seen: documented
+    assert case.manifest(second)["rows"] == 2 and "keys" not in case.manifest(second)["delta"]
+    assert not Path(case.pipeline.staging, f"{case.dataset_id}__keys").exists()
+    assert case.pipeline.dest(f"SELECT count(*) FROM public.{case.table} WHERE objectid = 9")[0][0] == 1  # not seen
     forced = case.publish(force=True)
     manifest = case.manifest(forced)
     assert manifest["delta"] is None and manifest["rows"] == 299  # --force: every row
@@ -145,14 +175,14 @@ def test_a_delta_is_refused_by_a_destination_that_lacks_its_base_version(case, p
     assert case.live() == before
 
 
-def test_an_empty_delta_is_published_as_no_change(case):
+def test_an_empty_delta_still_deletes(case):
     case.publish()
-    # Make the signal see a change (a row count change) that no row's stamp shows: a delete.
-    case.sql(f"DELETE FROM gis_inc.{case.table} WHERE objectid = 1")
+    case.sql(f"DELETE FROM gis_inc.{case.table} WHERE objectid = 1")  # the newest stamp: nothing is left to re-read
     second = case.publish()
     manifest = case.manifest(second)
     assert manifest["delta"] is not None and manifest["rows"] == 0
-    assert case.marker(second)[1] == 300  # the live table keeps its rows (deletes are not seen)
+    assert case.marker(second) == ("merge", 299, 0, 0, 1, 0)
+    assert case.live() == case.source()
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -171,11 +201,9 @@ def test_config_checks(pipeline, extra, message):
     assert message in str(registry().broken_files())
 
 
-def test_config_needs_delete_stale_false_and_a_key(pipeline):
-    pipeline.config("inc__t_cfg2", INCREMENTAL.format(table="t_cfg2", extra="").replace("delete_stale: false", "")
-                    .replace("primary_key: [objectid]", ""))
-    problems = str(registry().broken_files())
-    assert "set delete_stale: false" in problems and "needs primary_key" in problems
+def test_config_needs_a_key(pipeline):
+    pipeline.config("inc__t_cfg2", INCREMENTAL.format(table="t_cfg2", extra="").replace("primary_key: [objectid]", ""))
+    assert "needs primary_key" in str(registry().broken_files())
 
 
 def test_a_source_without_incremental_reads_is_refused_at_the_first_extract(tmp_path):
@@ -190,7 +218,7 @@ def test_a_source_without_incremental_reads_is_refused_at_the_first_extract(tmp_
     from tests.test_extract import example
 
     db = build_sample(tmp_path / "sample.sqlite", rows=5)
-    dataset = replace(example("demo__violations"), primary_key=("objectid",), delete_stale=False,
+    dataset = replace(example("demo__violations"), primary_key=("objectid",),
                       change_signal=ChangeSignalOptions(column="inspected_at", incremental=True))
     staged = StagedTable(LocalStore(tmp_path / "staging"), dataset.id, "20261124T060000Z")
     with pytest.raises(ExtractError, match=r"change_signal.incremental in .* needs a PostgreSQL source; sqlite sources"):

@@ -51,9 +51,6 @@ def _incremental_problems(where: str, spec: DatasetFile) -> list[ConfigProblem]:
         reasons.append("needs primary_key: the changed rows are merged into the live table by key")
     if spec.load_mode not in (None, "merge"):
         reasons.append(f"merges by key, so load_mode must be merge (or left out), not {spec.load_mode}")
-    if spec.delete_stale:
-        reasons.append("cannot see rows deleted at the source: set delete_stale: false (a --force publish re-extracts "
-                       "everything; with delete_stale: true use a full extract instead)")
     if spec.upload_to_ago is True or spec.geocode is not None or not spec.upload_to_carto:
         reasons.append("is for datasets published to CARTO/PostGIS only (not with upload_to_ago, geocode or "
                        "upload_to_carto: false, whose readers expect every row in each version)")

@@ -1,6 +1,7 @@
 """Merge by key: insert new rows, update changed ones, delete rows gone from the source (``delete_stale``),
 leave unchanged rows untouched (on CARTO they keep their ``cartodb_id``, which apps link to). The shadow may
-hold only an incremental extract's changed rows (``plan.changed_rows_only``): then nothing is deleted.
+hold only an incremental extract's changed rows (``plan.changed_rows_only``): then stale rows are those whose key
+is missing from the source's key set (``plan.key_table``), and without one nothing is deleted.
 
 Like replace, it keeps the live table's identity and takes only ROW EXCLUSIVE. One statement does it all:
 data-modifying CTEs over one snapshot touch disjoint rows (stale keys, changed keys, new keys), and the
@@ -50,8 +51,9 @@ def statements(plan: CommitPlan) -> list[str]:
     match = " AND ".join(f"l.{sql.ident(k)} = s.{sql.ident(k)}" for k in plan.primary_key)
     others = [c for c in plan.columns if c not in plan.primary_key]
     parts: list[str] = []
-    if plan.delete_stale:
-        parts.append(f"deleted AS (DELETE FROM {plan.live} l WHERE NOT EXISTS (SELECT 1 FROM {plan.staged} s WHERE {match}) RETURNING 1)")
+    if plan.delete_stale:  # keys gone from the shadow — or, for changed rows only, from the source's key set
+        present = plan.key_table or plan.staged
+        parts.append(f"deleted AS (DELETE FROM {plan.live} l WHERE NOT EXISTS (SELECT 1 FROM {present} s WHERE {match}) RETURNING 1)")
     if others:
         assignments = ", ".join(f"{sql.ident(c)} = s.{sql.ident(c)}" for c in others)
         types = dict(zip(plan.columns, plan.types))

@@ -24,6 +24,7 @@ class CommitPlan:
     delete_stale: bool = True
     types: tuple[str, ...] = ()  # format_type of each column, aligned with ``columns`` (merge compares by type)
     changed_rows_only: bool = False  # the shadow holds an incremental extract's rows, not the whole table
+    key_table: str | None = None  # then: every key the source holds (qualified), for delete_stale
 
     @property
     def live(self) -> str:

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from ..config import Dataset
 from ..schema import TableSchema
 from ..staging import StagedTable
-from . import merge, replace, sql, swap
+from . import changed_rows, merge, replace, sql, swap
 from .lease import Lease, new_run_id
 from .locks import LockPolicy, commit_with_retry
 from .plan import CommitPlan
@@ -109,6 +109,8 @@ class Loader:
         self.run_id = new_run_id()
         self.shadow = sql.shadow_name(self.table, self.run_id)
         self._changed_rows_only = False  # set per load: the staged version holds an incremental extract's rows
+        self.key_table: str | None = None  # such a version's key set, copied beside the shadow (changed_rows.py)
+        self.fingerprint = ""  # what the marker records: the staged sha256 (with the key set's, for changed rows)
 
     def where(self) -> str:
         return f"{self.transport.name}:{self.schema}.{self.table}"
@@ -158,10 +160,11 @@ class Loader:
                                   "already published")
             if manifest.delta:
                 self._check_delta_base(manifest.version, manifest.delta)
-            if not force and self._unchanged(manifest.sha256):
-                self._record(manifest.version, manifest.sha256, self._live_rows_recorded() if manifest.delta else manifest.rows)
+            self.fingerprint = changed_rows.fingerprint(staged, manifest)
+            if not force and self._unchanged(self.fingerprint):
+                self._record(manifest.version, self.fingerprint, self._live_rows_recorded() if manifest.delta else manifest.rows)
                 log.info("%s: data unchanged since the last publish (sha256 %s…); recorded version %s without rewriting %s",
-                         self.dataset.id, manifest.sha256[:12], manifest.version, self.where())
+                         self.dataset.id, self.fingerprint[:12], manifest.version, self.where())
                 return LoadResult(self.dataset.id, manifest.version, self.where(), manifest.rows, False, time.monotonic() - started, "unchanged")
             return self._publish(staged, manifest, lease, started, accept_schema_change or self.dataset.accept_schema_change)
         finally:
@@ -181,12 +184,22 @@ class Loader:
         unlogged = mode != "swap" and bool(getattr(self.transport, "unlogged_scratch", False))
         try:
             self._build_shadow(staged, table_schema, manifest.rows, live_exists, unlogged)
-            if live_exists and self._check_schema_change(accept_schema_change) and mode != "swap":
+            columns_change = live_exists and self._check_schema_change(accept_schema_change)
+            if columns_change and self._changed_rows_only:
+                raise LoadError(f"{self.dataset.id}: the columns of {self.where()} change, which needs a new table, but version "
+                                f"{manifest.version} holds only changed rows; publish the whole table with Publish --force")
+            if columns_change and mode != "swap":
                 log.warning("%s: the columns change, so %s gets a new table (swap) instead of %s", self.dataset.id, self.where(), mode)
                 mode = "swap"
                 views = self._swap_preflight(because="the columns change")
                 if unlogged:  # it becomes the live table: it must survive a crash and reach replicas
                     self.transport.long_query(f"ALTER TABLE {sql.qualified(self.schema, self.shadow)} SET LOGGED")
+            keys = changed_rows.staged_keys(staged, manifest)
+            if keys is not None:
+                self.status(f"{self.dataset.id}: copying the source's keys beside {self.shadow}")
+                key_table = changed_rows.copy_keys(self.transport, self.schema, self.table, keys, unlogged)
+                self.key_table = key_table.name
+                self._check_drift(key_table.rows)  # the key count is the table's row count after the merge
             plan = self._plan(manifest, started)
             if mode == "swap":
                 statements = self._swap_statements(plan, table_schema, live_exists, views)
@@ -218,9 +231,10 @@ class Loader:
         managed = set(getattr(self.transport, "managed_columns", ()))
         typed = [(r["name"], r["type"]) for r in self.transport.query(sql.column_types(self.schema, self.shadow)) if r["name"] not in managed]
         return CommitPlan(self.dataset.id, manifest.version, self.schema, self.table, self.shadow, tuple(c for c, _ in typed),
-                          manifest.rows, manifest.sha256, self.run_id, time.monotonic() - started, self.dataset.grants,
-                          self.dataset.primary_key, self.dataset.delete_stale and not manifest.delta, tuple(t for _, t in typed),
-                          changed_rows_only=bool(manifest.delta))
+                          manifest.rows, self.fingerprint or manifest.sha256, self.run_id, time.monotonic() - started, self.dataset.grants,
+                          self.dataset.primary_key, self.dataset.delete_stale and (not manifest.delta or self.key_table is not None),
+                          tuple(t for _, t in typed), changed_rows_only=bool(manifest.delta),
+                          key_table=sql.qualified(self.schema, self.key_table) if self.key_table else None)
 
     def _build_shadow(self, staged: StagedTable, table_schema: TableSchema, expected: int, live_exists: bool,
                       unlogged: bool = False) -> None:
@@ -243,13 +257,9 @@ class Loader:
     # --- guards (all before anything is visible) ---------------------------------------------------------
 
     def _check_delta_base(self, version: str, delta: dict[str, Any]) -> None:
-        """A version of changed rows only completes a table that holds its base version (or a later one)."""
-        base, latest = str(delta.get("base_version")), self.latest_version()
-        if latest is None or latest < base:
-            now = f"holds version {latest}" if latest else "has no published version"
-            raise LoadError(f"{self.dataset.id}: version {version} holds only the rows changed since version {base} "
-                            f"({delta.get('column')} newer than {delta.get('newest')}), but {self.where()} {now}; "
-                            f"publish the whole table first (Publish --force extracts every row); live table unchanged")
+        problem = changed_rows.base_problem(self.dataset.id, version, delta, self.latest_version(), self.where())
+        if problem:
+            raise LoadError(problem)
 
     def _check_grant_roles(self) -> None:
         """Fail before any copying when a role in carto_users does not exist (the commit would roll back)."""
@@ -278,8 +288,11 @@ class Loader:
             return  # an incremental extract's changed rows: none, or far fewer than the table's, is normal
         if new_rows == 0 and not self.dataset.allow_empty:
             raise LoadError(f"{self.dataset.id}: refusing to replace {self.where()} with an empty table (set allow_empty: true)")
-        if not live_exists:
-            return
+        if live_exists:
+            self._check_drift(new_rows)
+
+    def _check_drift(self, new_rows: int) -> None:
+        """The table's row count after the load (the shadow's, or an incremental version's key count) against now."""
         live = self._count(self.table)
         if live == 0:
             return
@@ -437,7 +450,9 @@ class Loader:
                 log.warning("%s: could not drop a dead run's shadow %s yet: %s", self.dataset.id, name, exc)
 
     def _drop_shadow_quietly(self) -> None:
-        self._quietly(f"DROP TABLE IF EXISTS {sql.qualified(self.schema, self.shadow)}", f"drop {self.shadow} (the next run will)")
+        for name in (self.shadow, self.key_table):
+            if name:
+                self._quietly(f"DROP TABLE IF EXISTS {sql.qualified(self.schema, name)}", f"drop {name} (the next run will)")
 
     def _quietly(self, statement: str, what: str) -> bool:
         try:

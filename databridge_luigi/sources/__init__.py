@@ -66,5 +66,29 @@ def extract(dataset: Dataset, url: str, staged: StagedTable, progress: Progress 
                 from .sql import ExtractError
 
                 raise ExtractError(f"{dataset.id}: schema_override {dataset.schema_override}: {exc}") from None
+        if since is not None and dataset.delete_stale:
+            assert staged.delta is not None
+            staged.delta["keys"] = _stage_keys(dataset, url, staged)
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         return writer.finish(schema, extraction.facts, created)
+
+
+def keys_table(staged: StagedTable) -> StagedTable:
+    """Where an incremental version's key set is staged: ``<dataset_id>__keys/<version>``."""
+    return StagedTable(staged.store, f"{staged.dataset_id}__keys", staged.version)
+
+
+def _stage_keys(dataset: Dataset, url: str, staged: StagedTable) -> dict[str, object]:
+    """Every key the source holds now, staged beside the changed rows: a load of changed rows deletes the live
+    rows whose key is not among them (``delete_stale``). Read after the changed rows, so a row deleted in between
+    is deleted, and one inserted in between is merged now or at the next version."""
+    from .sql import ExtractError, extract_table
+
+    keys = keys_table(staged)
+    with keys.writer() as writer:
+        extraction = extract_table(dataset, url, writer, lambda *progress: None, only=dataset.primary_key)
+        if extraction.rows == 0 and not dataset.allow_empty:
+            raise ExtractError(f"{dataset.id}: source {dataset.source_table} has 0 rows; refusing to delete every row of the "
+                               "published table (set allow_empty: true)")
+        manifest = writer.finish(extraction.schema, extraction.facts, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    return {"staged_as": keys.dataset_id, "rows": manifest.rows}

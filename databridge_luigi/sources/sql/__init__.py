@@ -33,9 +33,9 @@ __all__ = [
 
 
 def extract_table(dataset: Dataset, url: str, writer: StagedTableWriter, progress: Progress = lambda rows: None,
-                  since: ChangedSince | None = None) -> Extraction:
-    """Stream ``dataset``'s source table (only rows changed ``since``, when given) into ``writer``; returns the
-    schema and facts for the manifest."""
+                  since: ChangedSince | None = None, only: tuple[str, ...] = ()) -> Extraction:
+    """Stream ``dataset``'s source table (only rows changed ``since``, only the columns named in ``only``, when
+    given) into ``writer``; returns the schema and facts for the manifest."""
     import sqlalchemy as sa
 
     engine = _engine(sqlalchemy_url(url))
@@ -44,7 +44,7 @@ def extract_table(dataset: Dataset, url: str, writer: StagedTableWriter, progres
         adapter = adapter_for(engine)(dataset, engine)
         sa.event.listen(engine, "connect", lambda dbapi_connection, record: adapter.on_connect(dbapi_connection))
         engine.dispose()  # the connection that chose the adapter lacks its session settings (the dataset's timeout)
-        return run(dataset, adapter, writer, progress, since)
+        return run(dataset, adapter, writer, progress, since, only)
     except sa.exc.NoSuchTableError as exc:
         raise ExtractError(f"{dataset.id}: source {dataset.source_conn}: table {redact(str(exc))} not found") from None
     except sa.exc.SQLAlchemyError as exc:  # not every SQLAlchemyError wraps a driver error (.orig)

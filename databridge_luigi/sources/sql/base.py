@@ -99,9 +99,10 @@ def quote_literal(text: str) -> str:
 
 
 def run(dataset: Dataset, adapter: "Adapter", writer: StagedTableWriter, progress: Progress,
-        since: ChangedSince | None = None) -> Extraction:
+        since: ChangedSince | None = None, only: Sequence[str] = ()) -> Extraction:
+    """``since``: only the rows changed since then; ``only``: only these columns (an incremental extract's keys)."""
     started = time.monotonic()
-    columns = _exclude(dataset, adapter.columns(), adapter)
+    columns = _only(dataset, _exclude(dataset, adapter.columns(), adapter), only, adapter)
     _check_names(dataset, columns)
     adapter.check(columns)
     if getattr(getattr(dataset, "change_signal", None), "incremental", False) and not adapter.reads_changed_since:
@@ -161,6 +162,17 @@ def _exclude(dataset: Dataset, columns: list[SourceColumn], adapter: "Adapter") 
     if not kept:
         raise ExtractError(f"{dataset.id}: exclude_fields in {dataset.path} excludes every column of {adapter.table_label}")
     return kept
+
+
+def _only(dataset: Dataset, columns: list[SourceColumn], names: Sequence[str], adapter: "Adapter") -> list[SourceColumn]:
+    if not names:
+        return columns
+    by_name = {c.name: c for c in columns}
+    missing = [name for name in names if name not in by_name]
+    if missing:
+        raise ExtractError(f"{dataset.id}: primary_key column(s) {missing} in {dataset.path} are not columns of "
+                           f"{adapter.table_label} (columns: {', '.join(by_name)})")
+    return [by_name[name] for name in names]
 
 
 def _check_names(dataset: Dataset, columns: Sequence[SourceColumn]) -> None:

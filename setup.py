@@ -23,6 +23,7 @@ setup(
         "pyairtable>=3.0,<4",
         "isal>=1.7,<2",
         "pyarrow>=15,<27",
+        "adbc-driver-sqlite>=1.0,<2",
         "PyMySQL>=1.1,<2",
         "pyproj>=3.6,<4",
     ],

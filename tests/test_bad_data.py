@@ -2,8 +2,8 @@
 the dataset, the row and the column, before the live table is touched (no partial table, no shadow left).
 
 Two sources: the PostgreSQL source (``COPY TO STDOUT``, no per-row Python) and the generic SQLAlchemy source
-(SQLite, the row path), the latter twice: vectorised (``sources/sql/arrow.py``) and per value
-(``sources/values.py``, the reference). MySQL/MariaDB runs the same corpus in ``test_mysql_source.py``. PostgreSQL text cannot hold NUL bytes, so NUL and non-UTF-8
+(SQLite, the row path), the latter three times: Arrow batches from ADBC (``sources/sql/sqlite_adbc.py``), sqlite3
+rows vectorised (``sources/sql/arrow.py``) and per value (``sources/values.py``, the reference). MySQL/MariaDB runs the same corpus in ``test_mysql_source.py``. PostgreSQL text cannot hold NUL bytes, so NUL and non-UTF-8
 bytes come from SQLite. Values are compared row by row, column by column: text as text, numbers as text (and
 as float8 where the destination type differs), times as instants, geometry as EWKB.
 
@@ -54,16 +54,17 @@ TRICKY_TEXT = [
 # --- harness ---------------------------------------------------------------------------------------------
 
 def pytest_generate_tests(metafunc):
-    """The generic-source corpus runs on both row paths: the vectorised one (pyarrow, the default) and the
-    per-value reference it must equal (DATABRIDGE_ROW_PATH=reference)."""
+    """The generic-source corpus runs on all three row paths: Arrow batches from ADBC (the default for SQLite),
+    sqlite3 rows vectorised with pyarrow, and the per-value reference both must equal
+    (DATABRIDGE_ROW_PATH=fast / arrow / reference)."""
     if metafunc.function.__name__.startswith("test_sqlite"):
         metafunc.fixturenames.append("row_path")
-        metafunc.parametrize("row_path", ["vectorised", "reference"], indirect=True)
+        metafunc.parametrize("row_path", ["adbc", "vectorised", "reference"], indirect=True)
 
 
 @pytest.fixture()
 def row_path(request, monkeypatch):
-    monkeypatch.setenv("DATABRIDGE_ROW_PATH", "fast" if request.param == "vectorised" else "reference")
+    monkeypatch.setenv("DATABRIDGE_ROW_PATH", {"adbc": "fast", "vectorised": "arrow", "reference": "reference"}[request.param])
     return request.param
 
 

@@ -1,6 +1,8 @@
 """The vectorised row path (sources/sql/arrow.py) against the per-value reference (sources/values.py): for every
 schema type, batches of awkward values give the same CSV bytes, the same NUL count and geometry types — or the
-batch is handed to the reference (which refuses a bad value by row and column). No database needed."""
+batch is handed to the reference (which refuses a bad value by row and column). No database needed for those;
+the SQLite ones at the end extract a real SQLite file three ways — Arrow batches from ADBC (sqlite_adbc.py),
+sqlite3 rows vectorised, per value — and compare the staged bytes and refusals, batch boundaries included."""
 from __future__ import annotations
 
 import random
@@ -55,6 +57,20 @@ def test_text_integers_floats_booleans():
     assert_same("boolean", [1, 0, None, 1])
 
 
+def test_float_text_from_arrow_is_python_repr():
+    """Doubles an Arrow batch holds (ADBC) are written as Python's repr without a Python float each."""
+    import pyarrow as pa
+
+    from databridge_luigi.sources.sql.arrow import ArrowBatch
+
+    rng = random.Random(3)
+    floats = ([rng.uniform(-1, 1) * 10 ** rng.randint(-30, 30) for _ in range(50000)] + [rng.randint(-10**6, 10**6) / 100 for _ in range(20000)]
+              + [0.0, -0.0, 1.0, 100.0, 1e15, 1e16, 9999999999999998.0, 1e-4, 9.999999999999999e-05, 5e-324, 1e300, -1e-300,
+                 2.0**53, 2.0**53 + 2, 123456789012345.6, float("inf"), float("-inf"), None])
+    expected = [None if v is None else {"inf": "Infinity", "-inf": "-Infinity"}.get(repr(v), repr(v)) for v in floats]
+    assert ArrowBatch._float_text(pa.array(floats, pa.float64())).to_pylist() == expected
+
+
 def test_dates_and_timestamps_across_dst_lmt_and_odd_years():
     assert_same("date", ["2024-01-02", "0001-01-01", "9999-12-31", None, "1900-02-28"])
     assert_same("date", ["2024-02-30"], fast_expected=False)  # Arrow's strptime would roll it into March
@@ -100,3 +116,131 @@ def test_a_bad_value_falls_back_and_is_named_by_row_and_column():
     converter = BatchConverter("ds", column, ZONE, ConversionStats())
     with pytest.raises(ExtractError, match=r"ds: row 13, column b: not a number: 'n/a'"):
         converter.convert([(i, 1.5) for i in range(2)] + [(2, "n/a")], 10)
+
+
+# --- SQLite through ADBC (sources/sql/sqlite_adbc.py) against sqlite3 + the vectorised path and the reference ---
+
+PATHS = {"adbc": "fast", "vectorised": "arrow", "reference": "reference"}
+THINGS = ("CREATE TABLE geometry_columns (f_table_name TEXT, f_geometry_column TEXT, geometry_type TEXT, srid INTEGER);"
+          "INSERT INTO geometry_columns VALUES ('things', 'shape', 'GEOMETRY', 2272);"
+          "CREATE TABLE things (id INTEGER, note TEXT, amount NUMERIC, ratio REAL, qty INTEGER, flag BOOLEAN, day DATE, "
+          "seen TIMESTAMP, at TIME, shape TEXT, loose)")
+
+
+def clean_rows(count: int = 40) -> list[tuple]:
+    """Clean values that SQLite stores in mixed classes: integers and floats in one NUMERIC column, a text column
+    NULL throughout the first batch, a number column NULL throughout the first batch, then floats."""
+    base = datetime(2024, 3, 10, 0, 30)
+    return [(i, None if i < 9 else f"note {i} é\x00" if i % 5 == 0 else f"note {i}", i if i % 3 == 0 else i / 8,
+             None if i < 9 else i / 3, 2**62 + i, i % 2, f"2024-01-{1 + i % 28:02d}", (base + timedelta(minutes=11 * i)).isoformat(sep=" "),
+             "12:00:00", f"POINT ({2690000 + i} {230000 + i / 7})", f"loose {i}" if i % 2 else None)
+            for i in range(count)]
+
+
+def extract_with(tmp_path, monkeypatch, rows: list[tuple], path: str, batch: int = 7):
+    """(staged CSV bytes or the refusal's text, manifest) of the SQLite table ``things`` holding ``rows``."""
+    import sqlite3
+
+    from databridge_luigi.config import load_datasets
+    from databridge_luigi.sources import extract
+    from databridge_luigi.sources.sql import base, generic, sqlite_adbc
+    from databridge_luigi.staging import LocalStore, StagedTable
+
+    source = tmp_path / "things.sqlite"
+    if not source.exists():
+        db = sqlite3.connect(source)
+        db.executescript(THINGS)
+        db.executemany(f"INSERT INTO things VALUES ({', '.join('?' * 11)})", rows)
+        db.commit()
+        db.close()
+    config = tmp_path / "configs" / "databridge" / "bad" / "things.yml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("schedule_interval: 0 1 * * *\nupload_to_carto: false\nallow_empty: true\nsource: {schema: main}\n")
+    datasets, problems = load_datasets(tmp_path / "configs")
+    assert not problems
+    for module in (base, generic, sqlite_adbc):  # batches of 7 rows: every batch boundary case in 40 rows
+        monkeypatch.setattr(module, "BATCH_ROWS", batch)
+    monkeypatch.setenv("DATABRIDGE_ROW_PATH", PATHS[path])
+    staged = StagedTable(LocalStore(tmp_path / f"staging-{path}"), datasets[0].id, "v1")
+    try:
+        manifest = extract(datasets[0], f"sqlite:///{source}", staged)
+    except ExtractError as exc:
+        return str(exc), None
+    with staged.open_csv() as data:
+        return data.read(), manifest
+
+
+def all_paths(tmp_path, monkeypatch, rows: list[tuple]) -> dict[str, tuple]:
+    return {path: extract_with(tmp_path, monkeypatch, rows, path) for path in PATHS}
+
+
+def test_clean_sqlite_data_takes_the_adbc_path_with_the_reference_bytes(tmp_path, monkeypatch):
+    pytest.importorskip("adbc_driver_sqlite")
+    results = all_paths(tmp_path, monkeypatch, clean_rows())
+    data, manifest = results["adbc"]
+    assert isinstance(data, bytes) and data.count(b"\n") == 41
+    assert manifest.source["row_reader"] == "adbc"  # not silently handed to sqlite3
+    assert data == results["vectorised"][0] == results["reference"][0]
+    assert manifest.source["nul_bytes_removed"] == results["reference"][1].source["nul_bytes_removed"] == 6
+    for stamp in (b"01:58:00-05:00", b"02:09:00-05:00", b"03:04:00-04:00"):  # before, in (PostgreSQL's rule) and after the gap
+        assert b'"2024-03-10T' + stamp + b'"' in data
+    assert b',"0",' in data and b',"0.125",' in data  # NUMERIC: an integer stays 0, a float keeps repr
+
+
+@pytest.mark.parametrize(("column", "value", "taken"), [
+    ("loose", 10**30 / 3, "sqlite3"),                # a float in a text column: SQLite's text would not be repr
+    ("amount", "Infinity", "sqlite3"),               # text in a number column (ADBC: expected DOUBLE)
+    ("flag", "true", "sqlite3"),                     # text in a boolean column (ADBC: expected INT64)
+    ("note", 2.5, "adbc"),                           # TEXT affinity stores it as the text '2.5'
+    ("note", "café".encode(), "adbc"),               # a BLOB of UTF-8 in a text column: the same text
+    ("loose", 7, "adbc"),                            # an integer in a text column reads the same as text
+    ("seen", "2024-07-01T12:00:00.123456+02:00", "adbc"),  # another spelling: per value, still on the Arrow batch
+])
+def test_values_of_another_class_in_a_later_batch_give_the_reference_bytes(tmp_path, monkeypatch, column, value, taken):
+    pytest.importorskip("adbc_driver_sqlite")
+    names = ["id", "note", "amount", "ratio", "qty", "flag", "day", "seen", "at", "shape", "loose"]
+    rows = clean_rows()
+    rows[23] = tuple(value if name == column else v for name, v in zip(names, rows[23]))
+    results = all_paths(tmp_path, monkeypatch, rows)
+    assert isinstance(results["reference"][0], bytes)
+    assert results["adbc"][0] == results["vectorised"][0] == results["reference"][0]
+    reader = results["adbc"][1].source["row_reader"]
+    assert reader == ("adbc" if taken == "adbc" else "adbc to row 20, then sqlite3")  # its batch starts at row 21 (7, with the typed first row: 6 + 7 + 7)
+
+
+@pytest.mark.parametrize(("column", "bad", "reason"), [
+    ("amount", "n/a", "not a number: 'n/a'"),
+    ("qty", 1.5, "not an integer: 1.5"),
+    ("flag", 2, "not a boolean: 2"),
+    ("day", "2024-02-30", "not an ISO-8601 date: '2024-02-30'"),
+    ("seen", "yesterday", "not an ISO-8601 timestamp"),
+    ("at", "25:61", "not an ISO-8601 time"),
+    ("note", b"caf\xe9", "not valid UTF-8"),
+    ("shape", "SRID=4326;POINT (-75.1 39.9)", "SRID 4326 but the column is declared SRID 2272"),
+])
+def test_a_value_to_refuse_in_a_later_batch_is_refused_alike_naming_row_and_column(tmp_path, monkeypatch, column, bad, reason):
+    pytest.importorskip("adbc_driver_sqlite")
+    names = ["id", "note", "amount", "ratio", "qty", "flag", "day", "seen", "at", "shape", "loose"]
+    rows = clean_rows()
+    rows[30] = tuple(bad if name == column else v for name, v in zip(names, rows[30]))
+    results = all_paths(tmp_path, monkeypatch, rows)
+    message = results["reference"][0]
+    assert isinstance(message, str) and f"bad__things: row 31, column {column}: " in message and reason in message
+    assert results["adbc"][0] == results["vectorised"][0] == message
+
+
+def test_invalid_utf8_stored_as_text_is_refused_by_row_and_column_on_every_path(tmp_path, monkeypatch):
+    """SQLite TEXT that is not UTF-8 (ADBC passes the bytes through as a string): refused, never staged."""
+    pytest.importorskip("adbc_driver_sqlite")
+    import sqlite3
+
+    rows = clean_rows()
+    extract_with(tmp_path, monkeypatch, rows, "reference")  # creates the file
+    db = sqlite3.connect(tmp_path / "things.sqlite")
+    db.execute("UPDATE things SET note = CAST(X'6361669320E9' AS TEXT) WHERE id = 25")
+    db.commit()
+    db.close()
+    results = all_paths(tmp_path, monkeypatch, rows)
+    message = results["reference"][0]
+    assert isinstance(message, str) and "bad__things: row 26, column note: text is not valid UTF-8 (byte 0x93" in message
+    assert results["adbc"][0] == results["vectorised"][0] == message

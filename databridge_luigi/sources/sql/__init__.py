@@ -7,7 +7,8 @@ One result (a staged CSV with EWKT geometry, and a table schema from the catalog
   path plus Esri's bookkeeping, ``st_geometry``, Z/M declarations and Esri-only SRIDs.
 * ``oracle``: python-oracledb thin mode; SDE ``ST_Geometry`` and Oracle Spatial.
 * ``mysql``: MySQL/MariaDB through PyMySQL, unbuffered.
-* ``generic``: anything else (SQLite, …) through SQLAlchemy reflection.
+* ``generic``: anything else (SQLite, …) through SQLAlchemy reflection; SQLite's rows as Arrow batches from
+  the ADBC driver (``sqlite_adbc``), sqlite3 from the first batch they do not fit.
 
 ``base`` holds what they share (the extract driver, names, errors, timeouts) and ``rows``/``arrow`` the row
 path's conversion (DBAPI batches → CSV, vectorised with pyarrow). The source row count is read before and

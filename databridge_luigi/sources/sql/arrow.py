@@ -37,6 +37,16 @@ class _Slow(Exception):
     """This batch needs the per-row reference conversion."""
 
 
+class _Rows:
+    """Stands in for a batch's Python values where the fast paths need only its length (Arrow input)."""
+
+    def __init__(self, length: int):
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+
 def _calendar_ok(text: pa.Array, parsed: pa.Array) -> bool:
     """strptime rolls 2024-02-30 over into March: the parsed day, month and hour must be the ones written."""
     if len(text) != len(parsed) or pc.any(pc.is_null(parsed)).as_py():
@@ -74,6 +84,71 @@ class ArrowBatch:
         out = io.BytesIO()
         pa_csv.write_csv(pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))]), out, _WRITE)
         return out.getvalue()
+
+    def convert_arrays(self, arrays: Sequence[pa.Array | tuple[pa.Array, pa.Array]]) -> bytes | None:
+        """CSV bytes for a batch that a driver handed over as Arrow columns (``sqlite_adbc``), or None: read the
+        batch with the DBAPI path instead. Each column arrives in one Arrow type whatever its source values were:
+        ``string`` for the text kinds (bytes as the source holds them, UTF-8 checked here), ``int64`` for integer
+        and boolean columns, and for number columns a pair (int64, double), one of them set per row — so an
+        integer stays ``str(int)`` and a float ``repr(float)``, as the reference writes them."""
+        self.scratch.nul_bytes_removed, self.scratch.geometry_types = 0, set()
+        try:
+            out_arrays = [self._arrow_column(i, array) for i, array in enumerate(arrays)]
+        except Exception:  # noqa: BLE001 — the DBAPI path decides, and names the row and column
+            return None
+        if any(a is None for a in out_arrays):
+            return None
+        self.stats.nul_bytes_removed += self.scratch.nul_bytes_removed
+        self.stats.geometry_types |= self.scratch.geometry_types
+        out = io.BytesIO()
+        pa_csv.write_csv(pa.Table.from_arrays(out_arrays, names=[f"c{i}" for i in range(len(out_arrays))]), out, _WRITE)
+        return out.getvalue()
+
+    def _arrow_column(self, index: int, array: pa.Array | tuple[pa.Array, pa.Array]) -> pa.Array | None:
+        kind = self.columns[index].type
+        if isinstance(array, tuple):
+            integers, floats = array
+            if kind != "number" or not pa.types.is_int64(integers.type) or not pa.types.is_float64(floats.type):
+                return None
+            return pc.coalesce(integers.cast(pa.string()), self._float_text(floats))
+        rows = _Rows(len(array))
+        self._text = None
+        if pa.types.is_string(array.type):
+            array.validate(full=True)  # not UTF-8 raises: the DBAPI path's reference refuses it by row and column
+            self._text = array
+            fast = {"string": self._string, "object": self._string, "array": self._string, "datetime": self._datetime,
+                    "date": self._date, "geometry": self._geometry}.get(kind)
+            result = fast(index, rows, {str}) if fast is not None else None
+            if result is not None:
+                return result
+            convert = self.converters[index]  # per value on str (time of day, odd spellings); raises on a bad one
+            return pa.array([convert(v) for v in array.to_pylist()], pa.string())
+        if pa.types.is_int64(array.type) and kind in ("integer", "number"):
+            return array.cast(pa.string())
+        if pa.types.is_int64(array.type) and kind == "boolean":
+            valid = pc.drop_null(array)
+            if len(valid) and not pc.all(pc.is_in(valid, pa.array([0, 1], pa.int64()))).as_py():
+                return None  # 2 in a boolean column: refused by the reference, naming the row
+            return pc.if_else(pc.equal(array, 1), "true", "false")
+        return None
+
+    @staticmethod
+    def _float_text(floats: pa.Array) -> pa.Array:
+        """Python's ``repr`` of each double, vectorised. Arrow's text has the same shortest round-trip digits but
+        other notation rules (``1`` for 1.0, ``0.00001``, ``1.234567890123456e+14``): where Python writes fixed
+        notation (0 and 1e-4 ≤ |x| < 1e16) and Arrow did too, Arrow's text is taken (``.0`` added to a whole
+        number); the rest — exponents, ±Infinity — is written by ``repr`` value by value."""
+        text = floats.cast(pa.string())
+        magnitude = pc.abs(floats)
+        fixed = pc.or_(pc.equal(magnitude, 0), pc.and_(pc.greater_equal(magnitude, 1e-4), pc.less(magnitude, 1e16)))
+        whole = pc.match_substring_regex(text, r"^-?\d+$")
+        same = pc.and_(fixed, pc.or_(whole, pc.match_substring_regex(text, r"^-?\d+\.\d+$")))
+        result = pc.if_else(whole, pc.binary_join_element_wise(text, ".0", ""), text)
+        other = pc.invert(pc.fill_null(same, True))
+        if pc.any(other).as_py():
+            values = pc.filter(floats, other).to_pylist()
+            result = pc.replace_with_mask(result, other, pa.array([_SPECIAL_FLOATS.get(repr(v), repr(v)) for v in values], pa.string()))
+        return result
 
     # --- one column -----------------------------------------------------------------------------------------
     def _column(self, index: int, values: tuple[Any, ...]) -> pa.Array:

@@ -1,12 +1,16 @@
 """Databases without a dialect path of their own (SQLite, …): SQLAlchemy reflection; geometry from the
-dataset's ``geometry`` block or an OGC ``geometry_columns`` table; rows through the vectorised row path."""
+dataset's ``geometry`` block or an OGC ``geometry_columns`` table; rows through the vectorised row path —
+SQLite's as Arrow batches from ADBC (``sqlite_adbc``) where it can, sqlite3 from the first batch it cannot."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
-from .base import BATCH_ROWS, Adapter, SourceColumn
+from ...staging import StagedTableWriter
+from ..values import ConversionStats
+from .base import BATCH_ROWS, Adapter, Progress, SourceColumn
 
 
 class GenericAdapter(Adapter):
@@ -19,6 +23,42 @@ class GenericAdapter(Adapter):
             # quarter of the extract) and refused with dataset, row and column by the reference where it is not UTF-8.
             connection.text_factory = bytes
         return cursor
+
+    def stream(self, columns: Sequence[SourceColumn], writer: StagedTableWriter, stats: ConversionStats, progress: Progress) -> int:
+        from .rows import BatchConverter, row_path
+
+        if self.engine.dialect.name != "sqlite" or row_path() != "fast":
+            return super().stream(columns, writer, stats, progress)
+        from . import sqlite_adbc
+
+        writer.write_header([c.name for c in columns])
+        converter = BatchConverter(self.dataset.id, columns, self.zone, stats)
+        done, finished = sqlite_adbc.stream(self, columns, writer, converter, progress)
+        if finished:
+            self.facts.setdefault("row_reader", "adbc")
+            return done
+        self.facts.setdefault("row_reader", "sqlite3")  # ADBC missing, or an in-memory database / a URL with options
+        return self._stream_from(columns, writer, converter, progress, done)
+
+    def _stream_from(self, columns: Sequence[SourceColumn], writer: StagedTableWriter, converter: Any, progress: Progress, start: int) -> int:
+        """The DBAPI row path (``Adapter.stream``'s loop) from row ``start`` on: the same SELECT, whose order is
+        the ADBC statement's (one table scan either way), rows before ``start`` skipped by SQLite."""
+        raw = self.engine.raw_connection()
+        try:
+            cursor = self.open_cursor(raw)
+            try:
+                cursor.execute(self.select_sql(columns) + (f" LIMIT -1 OFFSET {int(start)}" if start else ""))
+                total = start
+                while batch := cursor.fetchmany(BATCH_ROWS):
+                    writer.write_csv(converter.convert(batch, total))
+                    total += len(batch)
+                    writer.rows += len(batch)
+                    progress(total)
+                return total
+            finally:
+                cursor.close()
+        finally:
+            raw.close()
 
     def column_type(self, column: dict[str, Any]) -> tuple[str, str | None]:
         """(schema type, time zone override) of a reflected column."""

@@ -18,7 +18,8 @@ from .base import ExtractError, SourceColumn
 
 
 def row_path() -> str:
-    """``DATABRIDGE_ROW_PATH``: ``fast`` (default), ``arrow`` (no server-written CSV on MySQL) or ``reference``
+    """``DATABRIDGE_ROW_PATH``: ``fast`` (default: SQLite's Arrow batches from ADBC, MySQL's server-written CSV),
+    ``arrow`` (DBAPI rows vectorised: sqlite3 without ADBC, PyMySQL without the server's CSV) or ``reference``
     (per value, as before vectorising) — for comparisons and profiles; the output is the same."""
     return os.environ.get("DATABRIDGE_ROW_PATH", "fast")
 

@@ -156,6 +156,29 @@ def test_rerun_is_a_no_op(pipeline, emu, carto_db):
     assert len(markers(carto_db, "phl", "cartot__violations")) == 1
 
 
+def test_an_incremental_version_merges_changed_rows_and_deletes_through_the_key_set(pipeline, emu, carto_db, monkeypatch):
+    """change_signal.incremental over CARTO's APIs: the changed rows and the key set both go through the COPY API;
+    unchanged rows keep their cartodb_id."""
+    make_points_table(pipeline, "gis_cartot", "violations", 120)
+    pipeline.source("ALTER TABLE gis_cartot.violations ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now()")
+    pipeline.source("UPDATE gis_cartot.violations SET updated_at = now() - interval '2 hours' - objectid * interval '2 minutes'")
+    pipeline.config("cartot__violations", DAILY.rstrip(" ") + "    primary_key: [objectid]\n"
+                    "    change_signal: {column: updated_at, settle_seconds: 60, incremental: true}\n")
+    assert pipeline.run(PublishAll()).ok
+    ids = dict(db(carto_db, "SELECT objectid, cartodb_id FROM phl.violations"))
+    pipeline.source("UPDATE gis_cartot.violations SET code = 'changed', updated_at = now() WHERE objectid = 7")
+    pipeline.source("DELETE FROM gis_cartot.violations WHERE objectid = 8")
+    at(monkeypatch, "2026-11-25T12:00:00")
+    assert pipeline.run(PublishAll()).ok
+    rows = "SELECT objectid, code FROM {} ORDER BY objectid"
+    assert db(carto_db, rows.format("phl.violations")) == pipeline.source(rows.format("gis_cartot.violations"))
+    assert markers(carto_db, "phl", "cartot__violations")[-1] == ("20261125T110400Z", 119, True)
+    assert dict(db(carto_db, "SELECT objectid, cartodb_id FROM phl.violations")) == {k: v for k, v in ids.items() if k != 8}
+    copies = [r for r in emu.requests if r.group == "copy_from"]
+    assert len(copies) >= 3  # first publish, then the changed rows and the key set
+    assert not db(carto_db, "SELECT relname FROM pg_class WHERE relkind = 'r' AND relname LIKE 'violations%shadow%'")
+
+
 def test_copy_is_gzip_chunked_raw_body_with_header_csv(pipeline, emu):
     publish_once(pipeline, 80)
     copies = [r for r in emu.requests if r.group == "copy_from"]

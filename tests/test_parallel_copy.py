@@ -149,11 +149,10 @@ def test_a_bad_value_names_the_same_staged_row_as_one_connection(pipeline, paral
         over_two = _refusal(pipeline, "v2")
     assert "parallel COPY failed" in caplog.text  # the two-connection COPY ran and failed first
     # PostgreSQL numbers physical lines (a newline inside a quoted value counts; a record is numbered by its
-    # last line), and _staged_row reports that line less the header: with the notes' newlines that is past
-    # record `bad_at` — exactly as on one connection.
+    # last line); the message names the staged row, record `bad_at` — exactly as on one connection.
     newlines = pipeline.source("SELECT sum(length(note) - length(replace(note, E'\\n', ''))) FROM gis_par.notes WHERE id <= %s", (bad_at,))[0][0]
     line = 1 + bad_at + newlines
-    assert f"at staged row {line - 1}, column code failed" in over_two, over_two
+    assert newlines > 0 and f"at staged row {bad_at}, column code failed" in over_two, over_two
     assert f"line {line}, column code" in over_two and "thirty" in over_two
 
     monkeypatch.setattr(postgis, "PARALLEL_COPY_MIN_BYTES", 10**12)

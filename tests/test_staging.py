@@ -179,3 +179,14 @@ def test_a_manifest_found_by_exists_is_not_read_again(tmp_path):
     assert corrupt.exists()
     with pytest.raises(StagingError, match="corrupt manifest"):
         corrupt.manifest()
+
+
+def test_the_row_a_copy_error_line_falls_in_counts_records_not_lines(tmp_path):
+    """PostgreSQL's COPY errors number physical lines; a quoted value with newlines spans several."""
+    staged = StagedTable(LocalStore(tmp_path), "t__lines", "v1")
+    with staged.writer() as writer:
+        writer.write_header(["id", "note"])
+        writer.write_rows([["1", "one line"], ["2", "two\nlines"], ["3", 'a "quoted"\nvalue\nof three'], ["4", "x" * 200_000]])
+        writer.finish(TableSchema((Column("id", "integer"), Column("note", "text"))), {}, "2026-11-24T00:00:00+00:00")
+    # line 1 header; row 1 line 2; row 2 lines 3-4; row 3 lines 5-7; row 4 line 8 (a value over csv's default limit)
+    assert [staged.row_ending_at_line(n) for n in range(2, 10)] == [1, 2, 2, 3, 3, 3, 4, None]

@@ -34,13 +34,19 @@ MODES = ("replace", "merge", "swap")
 _COPY_CONTEXT = re.compile(r"COPY [^,\n]+, line (?P<line>\d+)(?:, column (?P<column>[^:\n]+))?")
 
 
-def _staged_row(message: str) -> str:
-    """PostgreSQL names the CSV line (the header is line 1); a user wants the data row and column."""
+def _staged_row(message: str, staged: StagedTable) -> str:
+    """PostgreSQL names the CSV's physical line (the header is line 1, and a newline inside a quoted value starts
+    another); a user wants the data row and column."""
     match = _COPY_CONTEXT.search(message)
     if not match or int(match["line"]) < 2:
         return ""
     column = f", column {match['column']}" if match["column"] else ""
-    return f" at staged row {int(match['line']) - 1}{column}"
+    try:
+        row = staged.row_ending_at_line(int(match["line"]))
+    except Exception:  # the staged data cannot be read again: say what PostgreSQL said
+        row = None
+    where = f"row {row}" if row else f"line {match['line']}"
+    return f" at staged {where}{column}"
 
 
 class LoadError(RuntimeError):
@@ -246,7 +252,7 @@ class Loader:
         except Exception as exc:
             if _timed_out(exc):
                 raise LoadError(f"{self.dataset.id}: COPY into {self.where()} {self._explain(exc)}, live table unchanged") from exc
-            raise LoadError(f"{self.dataset.id}: COPY into {self.where()}{_staged_row(str(exc))} failed, live table unchanged: {exc}") from exc
+            raise LoadError(f"{self.dataset.id}: COPY into {self.where()}{_staged_row(str(exc), staged)} failed, live table unchanged: {exc}") from exc
         counted = self._count(self.shadow)
         if not (copied == counted == expected):
             raise LoadError(f"{self.dataset.id}: row count mismatch loading {self.where()}: staged {expected}, copied {copied}, in table {counted}")

@@ -160,6 +160,20 @@ class StagedTable:
             finally:
                 inflater.close()
 
+    def row_ending_at_line(self, line: int) -> int | None:
+        """The data row (1-based; the header is row 0) whose CSV record ends on physical line ``line`` or runs
+        through it — how PostgreSQL's COPY errors number a row: by lines, counting the newlines inside quoted
+        values. Reads the CSV up to that line (an error path only); None past the end."""
+        import csv
+
+        csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # a polygon's EWKT is often over the 128 KiB default
+        with self.open_csv() as data:
+            reader = csv.reader(io.TextIOWrapper(data, encoding="utf-8", newline=""))
+            for record, _ in enumerate(reader):
+                if reader.line_num >= line:
+                    return record
+        return None
+
     @contextmanager
     def writer(self) -> Iterator["StagedTableWriter"]:
         """Write data, then ``finish(schema, source_facts)`` writes schema and manifest; any exception

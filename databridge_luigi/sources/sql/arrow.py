@@ -196,10 +196,9 @@ class ArrowBatch:
             return self._integer(index, values, types)
         if not types <= {float, int}:
             return None
-        if types == {float} and values.count(None) == 0:
-            texts = list(map(float.__repr__, values))
-        else:
-            texts = [None if v is None else repr(v) if type(v) is float else str(v) for v in values]
+        if types == {float}:  # Arrow's text where it is repr's, repr for the rest (exponents, ±Infinity)
+            return self._float_text(pa.array(values, pa.float64()))
+        texts = [None if v is None else repr(v) if type(v) is float else str(v) for v in values]
         array = pa.array(texts, pa.string())
         if pc.any(pc.is_in(array, pa.array(list(_SPECIAL_FLOATS)))).as_py():
             array = pa.array([_SPECIAL_FLOATS.get(t, t) if t is not None else None for t in texts], pa.string())

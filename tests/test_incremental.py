@@ -224,3 +224,32 @@ def test_a_source_without_incremental_reads_is_refused_at_the_first_extract(tmp_
     with pytest.raises(ExtractError, match=r"change_signal.incremental in .* needs a PostgreSQL source; sqlite sources"):
         extract(dataset, f"sqlite:///{db}", staged)
     assert not staged.exists()
+
+
+def test_a_merge_that_changes_little_leaves_statistics_to_autovacuum(case):
+    """ANALYZE after an in-place merge only past PostgreSQL's own autovacuum threshold (50 rows + 10%)."""
+    case.pipeline.config(case.dataset_id, INCREMENTAL.format(table=case.table, extra="row_count_tolerance: 0.5"))
+    case.publish()
+    reltuples = f"SELECT reltuples::bigint FROM pg_class WHERE oid = 'public.{case.table}'::regclass"
+    assert case.pipeline.dest(reltuples)[0][0] == 300
+    case.sql(f"INSERT INTO gis_inc.{case.table} (objectid, address, updated_at) SELECT g, 'new', now() FROM generate_series(1001, 1002) g")
+    case.publish()
+    assert case.pipeline.dest(reltuples)[0][0] == 300  # 2 new rows: not analyzed
+    case.sql(f"INSERT INTO gis_inc.{case.table} (objectid, address, updated_at) SELECT g, 'new', now() FROM generate_series(2001, 2100) g")
+    case.publish()
+    assert case.pipeline.dest(reltuples)[0][0] == 402  # 100 new rows (over 50 + 10%): analyzed
+
+
+def test_the_key_count_is_held_to_the_row_count_tolerance(case):
+    """A source that suddenly holds a third fewer keys (a broken view, a bad filter) is refused, not merged."""
+    case.publish()
+    case.sql(f"DELETE FROM gis_inc.{case.table} WHERE objectid > 200")
+    before = case.live()
+    case.day += 1
+    at(case.monkeypatch, case.day)
+    run = case.pipeline.run(PublishAll())
+    assert not run.ok
+    assert case.live() == before
+    dataset = registry().get(case.dataset_id)
+    with pytest.raises(LoadError, match=r"row count would change from 300 to 200 \(-33.3%\), beyond the ±15% tolerance"):
+        Loader(dataset, transports.get(dataset.dest_conn)).load(staged_table(case.dataset_id, at(case.monkeypatch, case.day)))

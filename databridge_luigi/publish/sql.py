@@ -108,7 +108,7 @@ def pending_pushes(schema: str, dataset_id: str) -> str:
 
 
 def marker_counts(schema: str, dataset_id: str, version: str) -> str:
-    return (f"SELECT mode, inserted, updated, deleted, unchanged FROM {qualified(schema, MARKER_TABLE)} "
+    return (f"SELECT mode, row_count, inserted, updated, deleted, unchanged FROM {qualified(schema, MARKER_TABLE)} "
             f"WHERE dataset_id = {literal(dataset_id)} AND version = {literal(version)}")
 
 

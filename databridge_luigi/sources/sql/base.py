@@ -289,12 +289,16 @@ class Adapter:
 
         writer.write_header([c.name for c in columns])
         converter = BatchConverter(self.dataset.id, columns, self.zone, stats)
+        return self.stream_rows(self.select_sql(columns), writer, converter, progress)
+
+    def stream_rows(self, select: str, writer: StagedTableWriter, converter: Any, progress: Progress, start: int = 0) -> int:
+        """Run ``select`` and write its rows, numbered from ``start`` + 1 (so refusals name the right row)."""
         raw = self.engine.raw_connection()
         try:
             cursor = self.open_cursor(raw)
             try:
-                cursor.execute(self.select_sql(columns))
-                total = 0
+                cursor.execute(select)
+                total = start
                 while batch := cursor.fetchmany(BATCH_ROWS):
                     writer.write_csv(converter.convert(batch, total))
                     total += len(batch)

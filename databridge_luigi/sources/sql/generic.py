@@ -41,24 +41,10 @@ class GenericAdapter(Adapter):
         return self._stream_from(columns, writer, converter, progress, done)
 
     def _stream_from(self, columns: Sequence[SourceColumn], writer: StagedTableWriter, converter: Any, progress: Progress, start: int) -> int:
-        """The DBAPI row path (``Adapter.stream``'s loop) from row ``start`` on: the same SELECT, whose order is
+        """The DBAPI row path (``Adapter.stream_rows``) from row ``start`` on: the same SELECT, whose order is
         the ADBC statement's (one table scan either way), rows before ``start`` skipped by SQLite."""
-        raw = self.engine.raw_connection()
-        try:
-            cursor = self.open_cursor(raw)
-            try:
-                cursor.execute(self.select_sql(columns) + (f" LIMIT -1 OFFSET {int(start)}" if start else ""))
-                total = start
-                while batch := cursor.fetchmany(BATCH_ROWS):
-                    writer.write_csv(converter.convert(batch, total))
-                    total += len(batch)
-                    writer.rows += len(batch)
-                    progress(total)
-                return total
-            finally:
-                cursor.close()
-        finally:
-            raw.close()
+        select = self.select_sql(columns) + (f" LIMIT -1 OFFSET {int(start)}" if start else "")
+        return self.stream_rows(select, writer, converter, progress, start)
 
     def column_type(self, column: dict[str, Any]) -> tuple[str, str | None]:
         """(schema type, time zone override) of a reflected column."""

@@ -137,6 +137,14 @@ def clean_rows(count: int = 40) -> list[tuple]:
             for i in range(count)]
 
 
+def clean_rows_with(index: int, column: str, value: object) -> list[tuple]:
+    """The clean rows with one value of row ``index`` (0-based) replaced."""
+    names = ["id", "note", "amount", "ratio", "qty", "flag", "day", "seen", "at", "shape", "loose"]
+    rows = clean_rows()
+    rows[index] = tuple(value if name == column else v for name, v in zip(names, rows[index]))
+    return rows
+
+
 def extract_with(tmp_path, monkeypatch, rows: list[tuple], path: str, batch: int = 7):
     """(staged CSV bytes or the refusal's text, manifest) of the SQLite table ``things`` holding ``rows``."""
     import sqlite3
@@ -198,10 +206,7 @@ def test_clean_sqlite_data_takes_the_adbc_path_with_the_reference_bytes(tmp_path
 ])
 def test_values_of_another_class_in_a_later_batch_give_the_reference_bytes(tmp_path, monkeypatch, column, value, taken):
     pytest.importorskip("adbc_driver_sqlite")
-    names = ["id", "note", "amount", "ratio", "qty", "flag", "day", "seen", "at", "shape", "loose"]
-    rows = clean_rows()
-    rows[23] = tuple(value if name == column else v for name, v in zip(names, rows[23]))
-    results = all_paths(tmp_path, monkeypatch, rows)
+    results = all_paths(tmp_path, monkeypatch, clean_rows_with(23, column, value))
     assert isinstance(results["reference"][0], bytes)
     assert results["adbc"][0] == results["vectorised"][0] == results["reference"][0]
     reader = results["adbc"][1].source["row_reader"]
@@ -220,10 +225,7 @@ def test_values_of_another_class_in_a_later_batch_give_the_reference_bytes(tmp_p
 ])
 def test_a_value_to_refuse_in_a_later_batch_is_refused_alike_naming_row_and_column(tmp_path, monkeypatch, column, bad, reason):
     pytest.importorskip("adbc_driver_sqlite")
-    names = ["id", "note", "amount", "ratio", "qty", "flag", "day", "seen", "at", "shape", "loose"]
-    rows = clean_rows()
-    rows[30] = tuple(bad if name == column else v for name, v in zip(names, rows[30]))
-    results = all_paths(tmp_path, monkeypatch, rows)
+    results = all_paths(tmp_path, monkeypatch, clean_rows_with(30, column, bad))
     message = results["reference"][0]
     assert isinstance(message, str) and f"bad__things: row 31, column {column}: " in message and reason in message
     assert results["adbc"][0] == results["vectorised"][0] == message

@@ -79,11 +79,7 @@ class ArrowBatch:
             arrays = [self._column(i, values) for i, values in enumerate(columns)]
         except Exception:  # noqa: BLE001 — the reference conversion decides, and names the row and column
             return None
-        self.stats.nul_bytes_removed += self.scratch.nul_bytes_removed
-        self.stats.geometry_types |= self.scratch.geometry_types
-        out = io.BytesIO()
-        pa_csv.write_csv(pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))]), out, _WRITE)
-        return out.getvalue()
+        return self._csv(arrays)
 
     def convert_arrays(self, arrays: Sequence[pa.Array | tuple[pa.Array, pa.Array]]) -> bytes | None:
         """CSV bytes for a batch that a driver handed over as Arrow columns (``sqlite_adbc``), or None: read the
@@ -98,10 +94,14 @@ class ArrowBatch:
             return None
         if any(a is None for a in out_arrays):
             return None
+        return self._csv(out_arrays)
+
+    def _csv(self, arrays: Sequence[pa.Array]) -> bytes:
+        """A converted batch's CSV bytes; only now do its statistics count (a batch handed back counts none)."""
         self.stats.nul_bytes_removed += self.scratch.nul_bytes_removed
         self.stats.geometry_types |= self.scratch.geometry_types
         out = io.BytesIO()
-        pa_csv.write_csv(pa.Table.from_arrays(out_arrays, names=[f"c{i}" for i in range(len(out_arrays))]), out, _WRITE)
+        pa_csv.write_csv(pa.Table.from_arrays(list(arrays), names=[f"c{i}" for i in range(len(arrays))]), out, _WRITE)
         return out.getvalue()
 
     def _arrow_column(self, index: int, array: pa.Array | tuple[pa.Array, pa.Array]) -> pa.Array | None:

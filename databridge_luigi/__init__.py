@@ -28,5 +28,6 @@ _log.setLevel(logging.INFO)
 _log.addHandler(_ToLuigiInterface())
 
 from .tasks import Extract, Load, Publish, PublishAll, databridge  # noqa: E402
+from . import task_events  # noqa: E402,F401  (registers the tasks' failure and success handlers)
 
 __all__ = ["Extract", "Load", "Publish", "PublishAll", "databridge"]

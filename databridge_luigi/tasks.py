@@ -1,4 +1,4 @@
-"""Luigi tasks: thin wiring of config → source → staging → publish.
+"""Luigi tasks: thin wiring of config → source → staging → publish (their event handlers: task_events.py).
 
     PublishAll ──► Publish(dataset) ──► Load(dataset, version) ──► Extract(dataset, version)
 
@@ -29,7 +29,7 @@ from .publish.locks import LockPolicy
 from .publish.protocol import Loader, LoadResult, LoadSettings
 from .schedule import due_version, forced_version, parse_version
 from .staging import StagedTable, open_store
-from .targets import PublishedTableTarget, StagedTableTarget, published_versions
+from .targets import PublishedTableTarget, StagedTableTarget
 
 if TYPE_CHECKING:
     from .sources.sql.base import ChangedSince
@@ -175,23 +175,12 @@ class Extract(DatasetTask):
     def _changed_since(self, dataset: Dataset) -> "ChangedSince | None":
         """An incremental dataset reads the rows changed since the version its destination holds; ``--force``, or
         any doubt about that version, reads every row (databridge_luigi.change.delta)."""
-        from .change.delta import changed_since, incremental_column
+        from .change.delta import changed_since_published, incremental_column
 
         if incremental_column(dataset) is None or self.force:
             return None
-        try:
-            base = Loader(dataset, transports.get(dataset.dest_conn)).latest_version()
-        except Exception as exc:  # the load will report the destination; the extract reads every row meanwhile
-            log.warning("%s: cannot ask %s for its published version (%s); extracting every row", dataset.id,
-                        dataset.dest_conn, redact_exception(exc))
-            return None
-        if base is None:
-            log.info("%s: %s has no published version yet; extracting every row", dataset.id, dataset.dest_conn)
-            return None
-        since, why_not = changed_since(dataset, staged_table(dataset.id, base))
-        if since is None:
-            log.info("%s: extracting every row: %s", dataset.id, why_not)
-        return since
+        return changed_since_published(dataset, lambda: Loader(dataset, transports.get(dataset.dest_conn)).latest_version(),
+                                       lambda version: staged_table(dataset.id, version))
 
     def _progress(self, rows: int, total: int | None = None) -> None:
         percent = 100.0 * rows / total if total else None
@@ -417,48 +406,3 @@ def _complete_or_unknown(task: luigi.Task) -> bool:
     except Exception as exc:
         log.warning("PublishAll: cannot check %s, scheduling it anyway: %s", task.dataset_id, redact_exception(exc))
         return False
-
-
-@luigi.Task.event_handler(luigi.Event.SUCCESS)
-def _forget_snapshot(task: luigi.Task) -> None:
-    if isinstance(task, Load):
-        published_versions.clear()
-
-
-@BrokenConfig.event_handler(luigi.Event.FAILURE)
-@DatasetTask.event_handler(luigi.Event.FAILURE)
-def _alert_slack(task: DatasetTask, exception: BaseException) -> None:
-    notify.on_failure(task, exception)  # the webhook is looked up only now, never at import
-
-
-# --- run records: what `databridge-luigi status` reads without luigid (runs.py) ---------------------------
-
-def _run_store():  # type: ignore[no-untyped-def]
-    return open_store(str(databridge().staging) or None)
-
-
-@DatasetTask.event_handler(luigi.Event.PROCESSING_TIME)
-def _remember_seconds(task: DatasetTask, seconds: float) -> None:
-    task._seconds = float(seconds)
-
-
-@DatasetTask.event_handler(luigi.Event.SUCCESS)
-def _record_done(task: DatasetTask) -> None:
-    try:
-        final = isinstance(task, Load) or not registry().get(str(task.dataset_id)).publish
-    except Exception:
-        final = False
-    if final:  # the step that finishes a publish (or a stage-only dataset)
-        runs.record(_run_store(), runs.new(str(task.dataset_id), task.get_task_family(), str(task.version), "done",
-                                           seconds=getattr(task, "_seconds", None), task_id=str(task.task_id)))
-
-
-@DatasetTask.event_handler(luigi.Event.FAILURE)
-def _record_failure(task: DatasetTask, exception: BaseException) -> None:
-    try:
-        link = notify.log_link({"dataset_id": str(task.dataset_id), "version": str(task.version),
-                                "step": task.get_task_family(), "task_id": str(task.task_id)})
-        runs.record(_run_store(), runs.new(str(task.dataset_id), task.get_task_family(), str(task.version), "failed",
-                                           error=runs.error_line(exception), task_id=str(task.task_id), log_url=link))
-    except Exception as exc:  # e.g. the staging store itself is what failed
-        log.warning("%s: run record not written: %s", task.dataset_id, redact_exception(exc))

@@ -10,9 +10,15 @@ extract, which merges every row as before.
 """
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 from ..config import Dataset
+from ..connections import redact_exception
 from ..sources.sql.base import ChangedSince
 from ..staging import StagedTable
+
+log = logging.getLogger(__package__)
 
 
 def incremental_column(dataset: Dataset) -> str | None:
@@ -38,3 +44,22 @@ def changed_since(dataset: Dataset, base: StagedTable) -> tuple[ChangedSince | N
         return None, f"the published version {base.version} had no {column} value (an empty table)"
     options = dataset.change_signal
     return ChangedSince(column, str(signal["newest"]), int(options.settle_seconds), base.version), ""
+
+
+def changed_since_published(dataset: Dataset, published_version: Callable[[], str | None],
+                            staged_for: Callable[[str], StagedTable]) -> ChangedSince | None:
+    """What an incremental extract reads, from the version its destination holds (``published_version``, asked of
+    the destination) and that version's manifest (``staged_for(version)``); None, logged with why, reads every row."""
+    try:
+        base = published_version()
+    except Exception as exc:  # the load will report the destination; the extract reads every row meanwhile
+        log.warning("%s: cannot ask %s for its published version (%s); extracting every row", dataset.id,
+                    dataset.dest_conn, redact_exception(exc))
+        return None
+    if base is None:
+        log.info("%s: %s has no published version yet; extracting every row", dataset.id, dataset.dest_conn)
+        return None
+    since, why_not = changed_since(dataset, staged_for(base))
+    if since is None:
+        log.info("%s: extracting every row: %s", dataset.id, why_not)
+    return since

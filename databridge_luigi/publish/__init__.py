@@ -5,7 +5,7 @@ import os
 from urllib.parse import urlsplit
 
 from ..connections import resolve
-from .protocol import Transport
+from .contract import Transport
 
 
 class UnsupportedDestination(ValueError):

@@ -11,17 +11,18 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from ..config import Dataset
 from ..schema import TableSchema
 from ..staging import StagedTable
 from . import changed_rows, merge, replace, sql, swap
+from .contract import LoadError, LoadResult, LoadSettings, Status, Transport
 from .lease import Lease, new_run_id
-from .locks import LockPolicy, commit_with_retry
+from .locks import commit_with_retry
 from .plan import CommitPlan
+
+__all__ = ["LoadError", "LoadResult", "LoadSettings", "Loader", "Status", "Transport"]
 
 log = logging.getLogger(__name__)
 
@@ -47,55 +48,6 @@ def _staged_row(message: str, staged: StagedTable) -> str:
         row = None
     where = f"row {row}" if row else f"line {match['line']}"
     return f" at staged {where}{column}"
-
-
-class LoadError(RuntimeError):
-    """A load that stopped before the commit; the live table is unchanged."""
-
-
-class Transport(Protocol):
-    """How SQL reaches a destination: a direct PostGIS connection or CARTO's HTTP APIs."""
-
-    name: str
-    default_schema: str
-
-    def query(self, statement: str) -> list[dict[str, Any]]: ...
-    def long_query(self, statement: str) -> None: ...
-    def transaction(self, statements: list[str]) -> None: ...
-    def copy_in(self, copy_statement: str, staged: StagedTable) -> int: ...
-    def finish_shadow(self, schema: str, shadow: str, table_schema: TableSchema) -> None: ...
-    def post_swap(self, schema: str, table: str, table_schema: TableSchema, dataset: Dataset) -> None: ...
-    def index_columns(self, dataset: Dataset, table_schema: TableSchema) -> list[list[str]]: ...
-    def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class LoadSettings:
-    """Per-run knobs (luigi.cfg ``[databridge]``; see tasks.py)."""
-
-    default_mode: str = "replace"  # for datasets without load_mode (merge when a primary_key is named)
-    lease_seconds: float = 120.0
-    lease_wait: float = 300.0  # how long a second loader of a table waits for the first
-    locks: LockPolicy = field(default_factory=LockPolicy)
-
-
-@dataclass(frozen=True)
-class LoadResult:
-    dataset_id: str
-    version: str
-    where: str  # transport:schema.table
-    rows: int
-    rewritten: bool
-    seconds: float
-    mode: str = ""
-    counts: dict[str, int | None] = field(default_factory=dict)  # inserted, updated, deleted, unchanged
-
-    def summary(self) -> str:
-        shown = ", ".join(f"{v} {k}" for k, v in self.counts.items() if v is not None)
-        return f"{self.mode}: {shown}" if shown else self.mode
-
-
-Status = Callable[[str], None]
 
 
 class Loader:

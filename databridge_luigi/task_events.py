@@ -1,0 +1,62 @@
+"""What happens around the tasks (tasks.py) as luigi runs them: a Slack alert and a run record for every failure,
+a run record for every finished publish (what `databridge-luigi status` reads without luigid, runs.py), and the
+published-versions snapshot forgotten after a load. Imported by the package, so luigi registers the handlers
+wherever the tasks run."""
+from __future__ import annotations
+
+import logging
+
+import luigi
+
+from . import notify, runs
+from .connections import redact_exception
+from .staging import open_store
+from .targets import published_versions
+from .tasks import BrokenConfig, DatasetTask, Load, databridge, registry
+
+log = logging.getLogger("databridge_luigi")
+
+
+@luigi.Task.event_handler(luigi.Event.SUCCESS)
+def _forget_snapshot(task: luigi.Task) -> None:
+    if isinstance(task, Load):
+        published_versions.clear()
+
+
+@BrokenConfig.event_handler(luigi.Event.FAILURE)
+@DatasetTask.event_handler(luigi.Event.FAILURE)
+def _alert_slack(task: DatasetTask, exception: BaseException) -> None:
+    notify.on_failure(task, exception)  # the webhook is looked up only now, never at import
+
+
+# --- run records: what `databridge-luigi status` reads without luigid (runs.py) ---------------------------
+
+def _run_store():  # type: ignore[no-untyped-def]
+    return open_store(str(databridge().staging) or None)
+
+
+@DatasetTask.event_handler(luigi.Event.PROCESSING_TIME)
+def _remember_seconds(task: DatasetTask, seconds: float) -> None:
+    task._seconds = float(seconds)
+
+
+@DatasetTask.event_handler(luigi.Event.SUCCESS)
+def _record_done(task: DatasetTask) -> None:
+    try:
+        final = isinstance(task, Load) or not registry().get(str(task.dataset_id)).publish
+    except Exception:
+        final = False
+    if final:  # the step that finishes a publish (or a stage-only dataset)
+        runs.record(_run_store(), runs.new(str(task.dataset_id), task.get_task_family(), str(task.version), "done",
+                                           seconds=getattr(task, "_seconds", None), task_id=str(task.task_id)))
+
+
+@DatasetTask.event_handler(luigi.Event.FAILURE)
+def _record_failure(task: DatasetTask, exception: BaseException) -> None:
+    try:
+        link = notify.log_link({"dataset_id": str(task.dataset_id), "version": str(task.version),
+                                "step": task.get_task_family(), "task_id": str(task.task_id)})
+        runs.record(_run_store(), runs.new(str(task.dataset_id), task.get_task_family(), str(task.version), "failed",
+                                           error=runs.error_line(exception), task_id=str(task.task_id), log_url=link))
+    except Exception as exc:  # e.g. the staging store itself is what failed
+        log.warning("%s: run record not written: %s", task.dataset_id, redact_exception(exc))

@@ -253,3 +253,28 @@ def test_the_key_count_is_held_to_the_row_count_tolerance(case):
     dataset = registry().get(case.dataset_id)
     with pytest.raises(LoadError, match=r"row count would change from 300 to 200 \(-33.3%\), beyond the ±15% tolerance"):
         Loader(dataset, transports.get(dataset.dest_conn)).load(staged_table(case.dataset_id, at(case.monkeypatch, case.day)))
+
+
+def test_a_new_column_reads_every_row_and_a_retyped_one_is_refused(case):
+    """Other columns need a new table, which only a whole version can fill: a changed column set is extracted
+    whole; a column whose type alone changed shows only at the load, which refuses changed rows for it."""
+    case.pipeline.config(case.dataset_id, INCREMENTAL.format(table=case.table, extra="accept_schema_change: true"))
+    case.publish()
+    case.sql(f"ALTER TABLE gis_inc.{case.table} ADD COLUMN ward integer")
+    case.sql(f"UPDATE gis_inc.{case.table} SET ward = objectid % 10, updated_at = now() WHERE objectid = 4")
+    second = case.publish()
+    manifest = case.manifest(second)
+    assert manifest["delta"] is None and manifest["rows"] == 300 and "ward" in manifest["columns"]
+    assert case.pipeline.dest(f"SELECT count(*), count(ward) FROM public.{case.table}")[0] == (300, 1)
+
+    case.sql(f"ALTER TABLE gis_inc.{case.table} ALTER COLUMN ward TYPE text")
+    case.sql(f"UPDATE gis_inc.{case.table} SET ward = 'seven', updated_at = now() WHERE objectid = 5")
+    before = case.live()
+    case.day += 1
+    third = at(case.monkeypatch, case.day)
+    assert not case.pipeline.run(PublishAll()).ok
+    assert case.manifest(third)["delta"] is not None  # the names are the same: changed rows only
+    assert case.live() == before
+    dataset = registry().get(case.dataset_id)
+    with pytest.raises(LoadError, match=r"columns of .* change, which needs a new table, but version .* holds only changed rows"):
+        Loader(dataset, transports.get(dataset.dest_conn)).load(staged_table(case.dataset_id, third))

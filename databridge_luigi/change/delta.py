@@ -43,7 +43,7 @@ def changed_since(dataset: Dataset, base: StagedTable) -> tuple[ChangedSince | N
     if signal.get("newest") is None:
         return None, f"the published version {base.version} had no {column} value (an empty table)"
     options = dataset.change_signal
-    return ChangedSince(column, str(signal["newest"]), int(options.settle_seconds), base.version), ""
+    return ChangedSince(column, str(signal["newest"]), int(options.settle_seconds), base.version, tuple(manifest.columns)), ""
 
 
 def changed_since_published(dataset: Dataset, published_version: Callable[[], str | None],

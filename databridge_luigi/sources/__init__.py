@@ -35,9 +35,6 @@ def extract(dataset: Dataset, url: str, staged: StagedTable, progress: Progress 
             since: "ChangedSince | None" = None) -> Manifest:
     """``since``: an incremental extract (SQL sources only): the rows changed since a published version, which
     the manifest records as ``delta`` so that a load merges them instead of taking them for the whole table."""
-    if since is not None:
-        staged.delta = {"column": since.column, "newest": since.newest, "settle_seconds": since.settle_seconds,
-                        "base_version": since.base_version}
     with staged.writer() as writer:
         if dataset.kind == "databridge":
             from .sql import extract_table
@@ -53,6 +50,8 @@ def extract(dataset: Dataset, url: str, staged: StagedTable, progress: Progress 
             extraction = extract_airtable(dataset, url, writer, progress)
         else:
             raise NotImplementedError(f"{dataset.id}: {dataset.kind} sources are not available in this build")
+        if "changed_since" not in extraction.facts:  # the source read every row (its columns changed, say)
+            since = None
         if extraction.rows == 0 and not dataset.allow_empty and since is None:  # one guard for every source (a delta may be empty)
             from .sql import ExtractError
 
@@ -66,9 +65,11 @@ def extract(dataset: Dataset, url: str, staged: StagedTable, progress: Progress 
                 from .sql import ExtractError
 
                 raise ExtractError(f"{dataset.id}: schema_override {dataset.schema_override}: {exc}") from None
-        if since is not None and dataset.delete_stale:
-            assert staged.delta is not None
-            staged.delta["keys"] = _stage_keys(dataset, url, staged)
+        if since is not None:
+            staged.delta = {"column": since.column, "newest": since.newest, "settle_seconds": since.settle_seconds,
+                            "base_version": since.base_version}
+            if dataset.delete_stale:
+                staged.delta["keys"] = _stage_keys(dataset, url, staged)
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         return writer.finish(schema, extraction.facts, created)
 

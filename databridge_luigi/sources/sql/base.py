@@ -55,6 +55,7 @@ class ChangedSince:
     newest: str
     settle_seconds: int
     base_version: str
+    columns: tuple[str, ...] = ()  # the base version's staged columns: other columns now mean a whole extract
 
     def describe(self) -> str:
         return f"{self.column} > {self.newest} - {self.settle_seconds} s (version {self.base_version})"
@@ -107,6 +108,10 @@ def run(dataset: Dataset, adapter: "Adapter", writer: StagedTableWriter, progres
     adapter.check(columns)
     if getattr(getattr(dataset, "change_signal", None), "incremental", False) and not adapter.reads_changed_since:
         raise adapter.incremental_refused()  # refused at the first (whole) extract already, not only at the next
+    if since is not None and since.columns and tuple(c.name for c in columns) != since.columns:
+        log.info("%s: the columns changed since version %s (%s → %s); extracting every row", dataset.id,
+                 since.base_version, ", ".join(since.columns), ", ".join(c.name for c in columns))
+        since = None  # a new column set needs a new table, which only a whole version can fill
     if since is not None:
         adapter.row_filter = adapter.changed_since_filter(since)
         adapter.facts["changed_since"] = {"column": since.column, "newest": since.newest,

@@ -57,10 +57,10 @@ def copy_keys(transport: Any, schema: str, table: str, keys: StagedTable, unlogg
     return KeyTable(name, copied)
 
 
-def fingerprint(staged: StagedTable, manifest: Manifest) -> str:
-    """What the marker records and a later load compares: the staged data's sha256 — and, with a key set, both
-    together, so the same changed rows with fewer keys (a delete) are not taken for unchanged data."""
-    keys = staged_keys(staged, manifest)
+def fingerprint(manifest: Manifest, keys: StagedTable | None) -> str:
+    """What the marker records and a later load compares: the staged data's sha256 — and, with a key set
+    (``staged_keys``), both together, so the same changed rows with fewer keys (a delete) are not taken for
+    unchanged data."""
     if keys is None:
         return manifest.sha256
     return hashlib.sha256(f"{manifest.sha256}+keys:{keys.manifest().sha256}".encode()).hexdigest()

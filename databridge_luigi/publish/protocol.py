@@ -118,17 +118,19 @@ class Loader:
                                   "already published")
             if manifest.delta:
                 self._check_delta_base(manifest.version, manifest.delta)
-            self.fingerprint = changed_rows.fingerprint(staged, manifest)
+            keys = changed_rows.staged_keys(staged, manifest)  # one instance: its manifest is read once
+            self.fingerprint = changed_rows.fingerprint(manifest, keys)
             if not force and self._unchanged(self.fingerprint):
                 self._record(manifest.version, self.fingerprint, self._live_rows_recorded() if manifest.delta else manifest.rows)
                 log.info("%s: data unchanged since the last publish (sha256 %s…); recorded version %s without rewriting %s",
                          self.dataset.id, self.fingerprint[:12], manifest.version, self.where())
                 return LoadResult(self.dataset.id, manifest.version, self.where(), manifest.rows, False, time.monotonic() - started, "unchanged")
-            return self._publish(staged, manifest, lease, started, accept_schema_change or self.dataset.accept_schema_change)
+            return self._publish(staged, manifest, keys, lease, started, accept_schema_change or self.dataset.accept_schema_change)
         finally:
             lease.release()
 
-    def _publish(self, staged: StagedTable, manifest: Any, lease: Lease, started: float, accept_schema_change: bool) -> LoadResult:
+    def _publish(self, staged: StagedTable, manifest: Any, keys: StagedTable | None, lease: Lease, started: float,
+                 accept_schema_change: bool) -> LoadResult:
         table_schema = staged.schema()
         self._changed_rows_only = bool(manifest.delta)
         live_exists = self._exists(self.table)
@@ -152,7 +154,6 @@ class Loader:
                 views = self._swap_preflight(because="the columns change")
                 if unlogged:  # it becomes the live table: it must survive a crash and reach replicas
                     self.transport.long_query(f"ALTER TABLE {sql.qualified(self.schema, self.shadow)} SET LOGGED")
-            keys = changed_rows.staged_keys(staged, manifest)
             if keys is not None:
                 self.status(f"{self.dataset.id}: copying the source's keys beside {self.shadow}")
                 key_table = changed_rows.copy_keys(self.transport, self.schema, self.table, keys, unlogged)

@@ -66,8 +66,7 @@ def extract(dataset: Dataset, url: str, staged: StagedTable, progress: Progress 
 
                 raise ExtractError(f"{dataset.id}: schema_override {dataset.schema_override}: {exc}") from None
         if since is not None:
-            staged.delta = {"column": since.column, "newest": since.newest, "settle_seconds": since.settle_seconds,
-                            "base_version": since.base_version}
+            staged.delta = since.as_dict()
             if dataset.delete_stale:
                 staged.delta["keys"] = _stage_keys(dataset, url, staged)
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -60,6 +60,11 @@ class ChangedSince:
     def describe(self) -> str:
         return f"{self.column} > {self.newest} - {self.settle_seconds} s (version {self.base_version})"
 
+    def as_dict(self) -> dict[str, Any]:
+        """As the manifest records it (``source.changed_since``, and ``delta``)."""
+        return {"column": self.column, "newest": self.newest, "settle_seconds": self.settle_seconds,
+                "base_version": self.base_version}
+
 
 @dataclass(frozen=True)
 class Extraction:
@@ -114,8 +119,7 @@ def run(dataset: Dataset, adapter: "Adapter", writer: StagedTableWriter, progres
         since = None  # a new column set needs a new table, which only a whole version can fill
     if since is not None:
         adapter.row_filter = adapter.changed_since_filter(since)
-        adapter.facts["changed_since"] = {"column": since.column, "newest": since.newest,
-                                          "settle_seconds": since.settle_seconds, "base_version": since.base_version}
+        adapter.facts["changed_since"] = since.as_dict()
     before = adapter.count()
     log.info("%s: extracting %s rows from %s%s", dataset.id, before, adapter.table_label,
              f" changed since version {since.base_version} ({since.describe()})" if since else "")

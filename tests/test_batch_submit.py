@@ -57,13 +57,14 @@ def sent(monkeypatch):
     from moto.batch.responses import BatchResponse
 
     bodies: list[dict] = []
-    original = BatchResponse.submitjob
+    name = "submit_job" if hasattr(BatchResponse, "submit_job") else "submitjob"  # moto 5.2 renamed the handler
+    original = getattr(BatchResponse, name)
 
     def recording(self):
         bodies.append(json.loads(self.body))
         return original(self)
 
-    monkeypatch.setattr(BatchResponse, "submitjob", recording)
+    monkeypatch.setattr(BatchResponse, name, recording)
     return bodies
 
 

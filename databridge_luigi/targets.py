@@ -58,6 +58,12 @@ class PublishedVersions:
             return set()
         return {(row["dataset_id"], row["version"]) for row in transport.query(sql.all_markers(schema))}
 
+    def add(self, connection: str, schema: str, dataset_id: str, version: str) -> None:
+        """A version this process has just seen committed (its marker is in the load's commit)."""
+        snapshot = self._snapshots.get((connection, schema))
+        if snapshot is not None:
+            snapshot.add((dataset_id, version))
+
     def clear(self) -> None:
         self._snapshots.clear()
         self._failures.clear()
@@ -84,6 +90,11 @@ class PublishedTableTarget(luigi.Target):
         if published_versions.contains(self.dataset.dest_conn, loader.schema, self.dataset.id, self.version):
             return True
         return loader.is_published(self.version, pending_push_ok=push_tried_here(self.dataset.id, self.version))
+
+    def record_published(self) -> None:
+        """The load in this process committed the version's marker (or found it): the completion check luigi runs
+        after the task needs no second query."""
+        published_versions.add(self.dataset.dest_conn, self.loader().schema, self.dataset.id, self.version)
 
     def __repr__(self) -> str:
         return f"PublishedTableTarget({self.dataset.dest_conn}:{self.dataset.dest_table}@{self.version})"

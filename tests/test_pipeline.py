@@ -259,3 +259,29 @@ def test_schema_override_naming_a_missing_column_fails_the_extract_by_name(pipel
         assert not pipeline.run(PublishAll()).ok
     assert "lni__violations: schema_override " in caplog.text and "columns the source does not have: ['no_such']" in caplog.text
     assert pipeline.table_oid("violations") is None
+
+
+def test_a_run_reads_a_staged_manifest_and_schema_once(pipeline, monkeypatch):
+    """Completion checks before and after each task and the load itself all ask for the version's manifest; a
+    manifest and its schema never change once they exist, so a run reads each at most once (on S3, every read
+    is a request). The reads are counted on the real store."""
+    from databridge_luigi.staging.stores import LocalStore
+
+    reads: list[str] = []
+    read_bytes = LocalStore.read_bytes
+
+    def counted(self, key):
+        reads.append(key.rsplit("/", 1)[-1].split("-")[0])
+        return read_bytes(self, key)
+
+    monkeypatch.setattr(LocalStore, "read_bytes", counted)
+    make_points_table(pipeline, "gis_lni", "violations", 300)
+    pipeline.config("lni__violations", DAILY)
+    at(monkeypatch, "2026-11-24T12:00:00")
+    first = pipeline.run(PublishAll())
+    assert first.ok, first.summary
+    assert pipeline.markers("lni__violations") == [("20261124T110400Z", 300, True)]
+    # Two looks before the extract find no manifest (luigi's check, the race check as the extract starts); then
+    # none: the extract wrote manifest and schema, and the load and every later check use what it wrote.
+    assert reads.count("manifest.json") == 2, reads
+    assert reads.count("schema") == 0, reads

@@ -295,22 +295,25 @@ def _naming_errors(where: str) -> Iterator[None]:
 
 
 def open_store(root: str | None = None) -> Store:
-    """``DATABRIDGE_STAGING`` (or ``root``): ``s3://bucket/prefix`` or a directory (default ./var/staging)."""
+    """``DATABRIDGE_STAGING`` (or ``root``): ``s3://bucket/prefix`` or a directory (default ./var/staging).
+
+    One store per process, root and AWS environment: a boto3 client takes ~10 ms of CPU to build and a run asks
+    for the store many times (every completion check), and callers may keep what they learn per store (the
+    staged tables in ``tasks``). Never shared across a fork, whose child would reuse the parent's pooled sockets."""
     root = root or os.environ.get("DATABRIDGE_STAGING") or "var/staging"
-    if root.startswith("s3://"):
-        # A boto3 client takes ~10 ms of CPU to build and a run asks for the store many times (every
-        # completion check): one per process, root and AWS environment. Never shared across a fork, whose
-        # child would reuse the parent's pooled sockets.
-        settings_key = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("AWS_", "DATABRIDGE_S3_"))))
-        cache_key = (os.getpid(), root, settings_key)
-        with _STORES_LOCK:
-            store = _STORES.get(cache_key)
-            if store is None:
+    settings_key = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("AWS_", "DATABRIDGE_S3_"))))
+    cache_key = (os.getpid(), root, settings_key)
+    with _STORES_LOCK:
+        store = _STORES.get(cache_key)
+        if store is None:
+            if root.startswith("s3://"):
                 bucket, _, prefix = root[len("s3://"):].partition("/")
-                store = _STORES[cache_key] = S3Store(bucket, prefix)
-        return store
-    return LocalStore(root)
+                store = S3Store(bucket, prefix)
+            else:
+                store = LocalStore(root)
+            _STORES[cache_key] = store
+    return store
 
 
-_STORES: dict[tuple[Any, ...], S3Store] = {}
+_STORES: dict[tuple[Any, ...], Store] = {}
 _STORES_LOCK = threading.Lock()

@@ -98,6 +98,7 @@ class StagedTable:
         self.change_signal: dict[str, Any] | None = None
         self.delta: dict[str, Any] | None = None
         self._manifest: Manifest | None = None  # immutable once it exists, so it is read once
+        self._schema: TableSchema | None = None  # likewise: the manifest names a run-unique schema object
 
     def key(self, name: str) -> str:
         return f"{self.prefix}/{name}"
@@ -133,11 +134,13 @@ class StagedTable:
         return self.manifest().schema_key or self.key(SCHEMA)
 
     def schema(self) -> TableSchema:
-        key = self.schema_key()
-        data = self.store.read_bytes(key)
-        if data is None:
-            raise StagingError(f"missing table schema {self.store.describe(key)}")
-        return TableSchema.loads(data.decode("utf-8"))
+        if self._schema is None:
+            key = self.schema_key()
+            data = self.store.read_bytes(key)
+            if data is None:
+                raise StagingError(f"missing table schema {self.store.describe(key)}")
+            self._schema = TableSchema.loads(data.decode("utf-8"))
+        return self._schema
 
     @contextmanager
     def open_gzip(self) -> Iterator[IO[bytes]]:
@@ -217,7 +220,7 @@ class StagedTable:
 
     def manifest_of_winner(self) -> Manifest:
         """After losing the race for this version's manifest: the manifest that won, logged quietly."""
-        self._manifest = None
+        self._manifest = self._schema = None
         winner = self.manifest()
         log.info("%s: version %s already staged by run %s (%s); this run (%s) stops", self.dataset_id, self.version,
                  winner.run_id or "?", winner.staged_by or "an earlier release", self.run_id)
@@ -335,11 +338,11 @@ class StagedTableWriter:
             if existing is not None:
                 self._remove_own_objects()
             raise
-        self.table._manifest = manifest
+        self.table._manifest, self.table._schema = manifest, schema
         return manifest
 
     def _existing_manifest(self) -> Manifest | None:
-        self.table._manifest = None
+        self.table._manifest = self.table._schema = None
         try:
             return self.table.manifest()
         except Exception:

@@ -44,7 +44,7 @@ def extract_table(dataset: Dataset, url: str, writer: StagedTableWriter, progres
     try:
         adapter = adapter_for(engine)(dataset, engine)
         sa.event.listen(engine, "connect", lambda dbapi_connection, record: adapter.on_connect(dbapi_connection))
-        engine.dispose()  # the connection that chose the adapter lacks its session settings (the dataset's timeout)
+        _configure_pooled(engine, adapter)
         return run(dataset, adapter, writer, progress, since, only)
     except sa.exc.NoSuchTableError as exc:
         raise ExtractError(f"{dataset.id}: source {dataset.source_conn}: table {redact(str(exc))} not found") from None
@@ -72,6 +72,17 @@ def _engine(url: str) -> "sa.Engine":  # noqa: F821
     if sa.engine.make_url(url).get_backend_name() == "postgresql":
         return sa.create_engine(url, pool_size=1, max_overflow=2)
     return sa.create_engine(url, poolclass=sa.pool.NullPool)
+
+
+def _configure_pooled(engine: "sa.Engine", adapter: Adapter) -> None:  # noqa: F821
+    """The pooled connection that chose the adapter gets the adapter's session settings (the dataset's timeout)
+    now, so the extract goes on with it rather than with a new backend (NullPool engines kept none)."""
+    import sqlalchemy as sa
+
+    if isinstance(engine.pool, sa.pool.NullPool):
+        return
+    with engine.connect() as conn:
+        adapter.on_connect(conn.connection.dbapi_connection)
 
 
 def _timeout(dataset: Dataset, adapter: Adapter) -> ExtractTimeout:

@@ -85,6 +85,12 @@ def staged_table(dataset_id: str, version: str) -> StagedTable:
 _staged_tables: dict[tuple[int, str, str], StagedTable] = {}
 
 
+def forget_staged_tables() -> None:
+    """For a process that runs luigi more than once (tests; an embedding application) and changes staging in
+    between: the next run reads every manifest again."""
+    _staged_tables.clear()
+
+
 class DatasetTask(luigi.Task):
     """A task about one version of one dataset."""
 

@@ -45,6 +45,7 @@ class Pipeline:
         tasks._registry.cache_clear()
         transports.close_all()
         published_versions.clear()
+        tasks.forget_staged_tables()
         forget_push_attempts()
 
     def config(self, dataset: str, text: str) -> Path:

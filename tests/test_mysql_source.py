@@ -147,6 +147,11 @@ def test_wkt_geometry_column_with_configured_srid(pipeline, mysql):
     mysql.run("INSERT INTO shapes VALUES (4, 'SRID=2272;POINT (1  2)'), (5, 'POINT EMPTY')")
     publish(pipeline, "bad__shapes", "v2")
     assert pipeline.dest("SELECT id, ST_AsEWKT(shape) FROM shapes WHERE id > 3 ORDER BY id") == [(4, "SRID=2272;POINT(1 2)"), (5, None)]
+    # The server's look is split over two scans: a value only the second half's tests catch (two spaces) is seen too.
+    mysql.run("DELETE FROM shapes WHERE id > 3")
+    mysql.run("INSERT INTO shapes VALUES (6, 'LINESTRING (3  4, 5 6)')")
+    publish(pipeline, "bad__shapes", "v3")
+    assert pipeline.dest("SELECT id, ST_AsEWKT(shape) FROM shapes WHERE id > 3 ORDER BY id") == [(6, "SRID=2272;LINESTRING(3 4,5 6)")]
 
 
 def test_a_spatial_column_is_refused_clearly_unless_excluded(pipeline, mysql):
@@ -185,3 +190,55 @@ def test_the_cursor_streams_and_a_timeout_is_reported_as_one(pipeline, mysql):
     with pytest.raises(ExtractTimeout, match=r"bad__slow_v: .* ran longer than the dataset's timeout \(1 s\)"):
         publish(pipeline, "bad__slow_v", "v1")
     assert issubclass(ExtractTimeout, ExtractError)
+
+
+def test_server_csv_lines_read_packet_by_packet_every_length_and_an_error_mid_stream(pipeline, mysql):
+    """The server-written CSV is read from PyMySQL's socket buffer packet by packet (``mysql_lines``): rows of
+    every length encoding (1-, 2- and 3-byte lengths, rows larger than the buffer, rows straddling its edge)
+    come out as PyMySQL reads them, an error the server sends after the first rows is raised as PyMySQL raises
+    it, and the connection is usable afterwards (the reader stops at packet boundaries)."""
+    import pymysql.cursors
+
+    from databridge_luigi.sources.sql.mysql_lines import lines, single_column_encoding
+
+    mysql.run("CREATE TABLE sizes (id INT, s LONGTEXT)")
+    mysql.run("INSERT INTO sizes WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100) "
+              "SELECT (a.i - 1) * 30 + b.i, CONCAT('\"', REPEAT(CONCAT('é', CHAR(65 + b.i % 26)), (((a.i - 1) * 30 + b.i) * 7919) % 25000)) "
+              "FROM n a JOIN n b ON b.i <= 30")
+    mysql.config("bad__sizes")
+    publish(pipeline, "bad__sizes", "v1")
+    source = mysql.run("SELECT id, CHAR_LENGTH(s), MD5(s) FROM sizes ORDER BY id")
+    assert pipeline.dest("SELECT id, length(s), md5(s) FROM sizes ORDER BY id") == [tuple(row) for row in source]
+
+    select = "SELECT CONCAT_WS(',', id, s) FROM sizes ORDER BY id"
+    cursor = mysql.cursor(pymysql.cursors.SSCursor)
+    cursor.execute(select)
+    assert single_column_encoding(cursor) == "utf8"
+    got = [line for batch in lines(cursor, 1000) for line in batch]
+    cursor.close()
+    assert got == [row[0].encode("utf-8") for row in mysql.run(select)]
+
+    cursor = mysql.cursor(pymysql.cursors.SSCursor)
+    cursor.execute("SELECT IF(id = 2000, (SELECT 1 UNION SELECT 2), CONCAT_WS(',', id, s)) FROM sizes ORDER BY id")
+    read = 0
+    with pytest.raises(pymysql.err.OperationalError, match="Subquery returns more than 1 row"):
+        for batch in lines(cursor, 1000):
+            read += len(batch)
+    cursor.close()
+    assert read == 1000  # the first batch, then the error the server sent at row 2000
+    assert mysql.run("SELECT COUNT(*) FROM sizes") == ((3000,),)
+
+
+def test_an_error_while_the_csv_streams_is_reported_and_ends_the_geometry_types_scan(pipeline, mysql):
+    """The geometry's types are read on a second connection while the CSV streams; a statement that fails in the
+    stream (here a value only the stream reads: a subquery returning two rows at row 3) is reported as the
+    source's error (the driver's, as PyMySQL raises it on every row path), and the types scan beside it is ended,
+    not waited on forever."""
+    import pymysql
+
+    mysql.run("CREATE TABLE pts (id INT, shape TEXT)")
+    mysql.run("INSERT INTO pts VALUES (1, 'POINT(1 2)'), (2, 'POINT(3 4)'), (3, 'POINT(5 6)')")
+    mysql.run("CREATE VIEW pts_v AS SELECT id, shape, IF(id = 3, (SELECT 1 UNION SELECT 2), 'x') AS note FROM pts")
+    mysql.config("bad__pts_v", "geometry: {column: shape, srid: 2272}\n")
+    with pytest.raises(pymysql.err.OperationalError, match="Subquery returns more than 1 row"):
+        publish(pipeline, "bad__pts_v", "v1")

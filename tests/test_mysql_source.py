@@ -229,6 +229,26 @@ def test_server_csv_lines_read_packet_by_packet_every_length_and_an_error_mid_st
     assert mysql.run("SELECT COUNT(*) FROM sizes") == ((3000,),)
 
 
+def test_a_pymysql_without_the_internals_the_reader_uses_gets_pymysql_rows(pipeline, mysql, monkeypatch):
+    """The packet reader leans on PyMySQL's private connection parts; a PyMySQL release that lacks one makes the
+    extract read PyMySQL's own rows instead — the same staged bytes, never a failure."""
+    import pymysql.cursors
+
+    from databridge_luigi.sources.sql import mysql_lines
+
+    mysql.run("CREATE TABLE fallback (id INT, s TEXT)")
+    mysql.run("INSERT INTO fallback VALUES (1, 'a\"b'), (2, NULL), (3, 'é')")
+    mysql.config("bad__fallback")
+    fast = publish(pipeline, "bad__fallback", "v1")
+    monkeypatch.setattr(mysql_lines, "_CONNECTION_PARTS", mysql_lines._CONNECTION_PARTS + ("_renamed_in_a_later_release",))
+    cursor = mysql.cursor(pymysql.cursors.SSCursor)
+    cursor.execute("SELECT CONCAT_WS(',', id, s) FROM fallback")
+    assert mysql_lines.single_column_encoding(cursor) is None
+    cursor.close()
+    slow = publish(pipeline, "bad__fallback", "v2")
+    assert slow.sha256 == fast.sha256 and slow.rows == 3
+
+
 def test_an_error_while_the_csv_streams_is_reported_and_ends_the_geometry_types_scan(pipeline, mysql):
     """The geometry's types are read on a second connection while the CSV streams; a statement that fails in the
     stream (here a value only the stream reads: a subquery returning two rows at row 3) is reported as the

@@ -19,11 +19,21 @@ from typing import Any
 MAX_PACKET = 0xFFFFFF  # a packet this long continues in the next one (a row of 16 MiB or more)
 
 
+# PyMySQL internals the reader relies on (PyMySQL 1.1–1.2). A release without one of them gets PyMySQL's own
+# rows instead: slower, never wrong.
+_CONNECTION_PARTS = ("_rfile", "_sock", "_next_seq_id", "_read_packet", "_current_timeout", "_read_timeout", "_force_close")
+
+
 def single_column_encoding(cursor: Any) -> str | None:
-    """The encoding PyMySQL would decode the result's one column with (None: bytes, or not one column)."""
+    """The encoding PyMySQL would decode the result's one column with (None: bytes, not one column, or a PyMySQL
+    whose internals this reader does not know)."""
     result = getattr(cursor, "_result", None)
     converters = getattr(result, "converters", None)
     if not result or not getattr(result, "unbuffered_active", False) or not converters or len(converters) != 1:
+        return None
+    connection = getattr(cursor, "connection", None)
+    if not all(hasattr(connection, part) for part in _CONNECTION_PARTS) or not hasattr(connection._rfile, "peek") \
+            or not hasattr(result, "_check_packet_is_eof"):
         return None
     return converters[0][0]
 

@@ -100,6 +100,8 @@ def test_geometry_text():
               "POINT Z (1 2 3)", "POINT (1 2 3)", "POINTM (1 2 3)", "POINT ZM (1 2 3 4)", " LINESTRING (0 0, 1 1) ", None]
     assert_same("geometry", shapes, srid=2272)
     assert_same("geometry", ["SRID=2272;POINT (1 2)", "POINT EMPTY", "POINT ZM (1 2 3 1.#QNAN000)"], srid=2272, fast_expected=False)
+    # A space before the first comma or parenthesis is not a third ordinate (the type is linestring, not linestringz).
+    assert_same("geometry", ["LINESTRING ( 1 2 , 3 4 )", "POINT ( 1 2 )"], srid=2272)
 
 
 def test_text_handed_over_as_bytes_is_decoded_or_refused():

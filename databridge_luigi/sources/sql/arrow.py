@@ -300,7 +300,8 @@ class ArrowBatch:
             return None  # prefixed, empty or Esri NaN text: the reference normalizes those
         # The geometry type of each shape from its keyword and the number of ordinates of its first coordinate.
         parts = pc.extract_regex(pc.utf8_slice_codeunits(valid, 0, 160), r"^(?P<k>[A-Z]+\s*(?:ZM|Z|M)?)\s*\(+\s*(?P<c>[^,()]*)")
-        ordinates = pc.list_value_length(pc.utf8_split_whitespace(parts.field("c")))
+        # Trimmed first: Arrow's split keeps an empty piece for a trailing space ("1 2 ," would count three).
+        ordinates = pc.list_value_length(pc.utf8_split_whitespace(pc.utf8_trim_whitespace(parts.field("c"))))
         keys = pc.binary_join_element_wise(parts.field("k"), ordinates.cast(pa.string()), "|")
         if pc.any(pc.is_null(keys)).as_py():
             return None  # not WKT: the reference refuses it

@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Wall time and machine-wide CPU seconds per contestant: where a publish's time goes on a 2-core machine.
+
+    .venv/bin/python bench/cpu.py                      # 1M rows, 3 runs each, interleaved
+    .venv/bin/python bench/cpu.py --rows 100000 --repeats 1
+
+Runs floor, floor + GiST + ANALYZE and ours (PostGIS, S3 staging on moto and local-directory staging) from
+bench/run.py on the same generated table, each after a CHECKPOINT, and reads the machine's busy CPU seconds from
+/proc/stat around each run: the source and destination servers, moto, psql and our processes together. A
+contestant whose CPU ÷ cores is close to its wall time kept every core busy; overlapping its phases could not
+make it faster. A measurement, not a test.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run as bench_run  # noqa: E402  (bench/run.py: the Bench and its contestants)
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def busy_seconds() -> float:
+    """Busy CPU seconds of the whole machine since boot (all cores; idle and iowait excluded)."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / TICKS
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    bench = bench_run.Bench(Path(tempfile.mkdtemp(prefix="dbl-cpu-")))
+    try:
+        table, rows = bench.make_table(args.rows), args.rows
+        contestants: dict[str, Callable[[], bench_run.Result]] = {
+            "floor": lambda: bench.floor(table, rows),
+            "floor + GiST + ANALYZE": lambda: bench.floor(table, rows, usable=True),
+            "ours, postgis (S3 staging)": lambda: bench.ours(table, rows, "postgis"),
+            "ours, postgis (local staging)": lambda: bench.ours(table, rows, "postgis", local_staging=True),
+        }
+        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in contestants}
+        for _ in range(args.repeats):
+            for name, contestant in contestants.items():
+                bench.settle()
+                before = busy_seconds()
+                result = contestant()
+                runs[name].append((result.seconds or 0.0, busy_seconds() - before))
+        cores = os.cpu_count() or 1
+        yardstick = statistics.median(wall for wall, _ in runs["floor + GiST + ANALYZE"])
+        print(f"| contestant | wall (median) | × floor + GiST | machine CPU (s) | CPU ÷ {cores} cores |\n|---|---:|---:|---:|---:|")
+        for name, measured in runs.items():
+            wall, cpu = statistics.median(w for w, _ in measured), statistics.median(c for _, c in measured)
+            print(f"| {name} | {wall:.2f} | {wall / yardstick:.2f} | {cpu:.2f} | {cpu / cores:.2f} |")
+    finally:
+        bench.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -28,7 +28,7 @@ from .publish.catalog import webhook_url
 from .publish.locks import LockPolicy
 from .publish.protocol import Loader, LoadResult, LoadSettings
 from .schedule import due_version, forced_version, parse_version
-from .staging import StagedTable, open_store
+from .staging import StagedTable, Store, open_store
 from .targets import PublishedTableTarget, StagedTableTarget
 
 if TYPE_CHECKING:
@@ -73,16 +73,14 @@ def load_settings(connection: str) -> LoadSettings:
 def staged_table(dataset_id: str, version: str) -> StagedTable:
     """One instance per store, dataset and version in a process: a manifest and schema, immutable once they
     exist, are then read once per run (or known from writing them) instead of again at every completion check
-    and by every task that uses the version (three S3 GETs less per dataset)."""
-    store = open_store(str(databridge().staging) or None)
-    key = (id(store), dataset_id, version)
-    table = _staged_tables.get(key)
-    if table is None or table.store is not store:
-        table = _staged_tables[key] = StagedTable(store, dataset_id, version)
-    return table
+    and by every task that uses the version (four S3 GETs less per first publish)."""
+    key = (open_store(str(databridge().staging) or None), dataset_id, version)  # stores: one per process and root
+    if key not in _staged_tables:
+        _staged_tables[key] = StagedTable(key[0], dataset_id, version)
+    return _staged_tables[key]
 
 
-_staged_tables: dict[tuple[int, str, str], StagedTable] = {}
+_staged_tables: dict[tuple[Store, str, str], StagedTable] = {}
 
 
 def forget_staged_tables() -> None:

@@ -57,7 +57,9 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import databridge_luigi, pytest, moto, werkzeug" >/dev/null 2>&1 || [ setup.py -nt .venv/.installed ]; then
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+if ! .venv/bin/python -c "import databridge_luigi, pytest, moto, werkzeug" >/dev/null 2>&1 || [ setup.py -nt .venv/.installed ] \
+    || [ deploy/constraints-test.txt -nt .venv/.installed ]; then
+  # Pinned: the versions main was last tested with (deploy/constraints-test.txt), within setup.py's ranges.
+  .venv/bin/pip install -q --disable-pip-version-check -c deploy/constraints-test.txt -e '.[test]'
   touch .venv/.installed
 fi

@@ -12,8 +12,9 @@ import psycopg
 from luigi.execution_summary import LuigiStatusCode
 
 import databridge_luigi.tasks as tasks
-from databridge_luigi.publish import transports
+from databridge_luigi.publish import keepers, transports
 from databridge_luigi.publish.catalog import forget_push_attempts
+from databridge_luigi.sources.sql import engines as source_engines
 from databridge_luigi.targets import published_versions
 
 
@@ -42,8 +43,10 @@ class Pipeline:
     def reset(self) -> None:
         # Each run here stands for a separate process run: forget cached task instances, configs, connections.
         luigi.task_register.Register.clear_instance_cache()
-        tasks._registry.cache_clear()
+        tasks.forget_settings()
         transports.close_all()
+        keepers.close_all()
+        source_engines.close_all()
         published_versions.clear()
         tasks.forget_staged_tables()
         forget_push_attempts()

@@ -30,11 +30,11 @@ def read_signal(dataset: Dataset, url: str, engine: Any = None) -> dict[str, Any
         raise SignalUnavailable(f"{dataset.kind} sources have no change signal")
     import sqlalchemy as sa
 
-    own = engine is None
-    if own:
-        from ..sources.sql.base import sqlalchemy_url  # the extract's own URL rule: the same driver reads the signal
+    if engine is None:
+        from ..sources.sql.base import sqlalchemy_url  # the extract's own URL rule and engine: the same driver and
+        from ..sources.sql.engines import source_engine  # connection read the signal, then the rows
 
-        engine = sa.create_engine(sqlalchemy_url(url), poolclass=sa.pool.NullPool)
+        engine = source_engine(sqlalchemy_url(url))
     try:
         column = getattr(options, "column", None)
         dialect = engine.dialect.name
@@ -48,9 +48,6 @@ def read_signal(dataset: Dataset, url: str, engine: Any = None) -> dict[str, Any
         raise
     except sa.exc.SQLAlchemyError as exc:
         raise SignalUnavailable(f"reading it failed: {redact(str(getattr(exc, 'orig', None) or exc)).splitlines()[0]}") from None
-    finally:
-        if own:
-            engine.dispose()
     signal.update(format=SIGNAL_FORMAT, config=config_fingerprint(dataset), source=_source_fingerprint(dataset, url),
                   read_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     return signal

@@ -26,6 +26,7 @@ def preload(kind: str) -> None:
     otherwise import SQLAlchemy and a dialect itself (~0.4 s of CPU per task on two cores)."""
     if kind == "databridge":
         from . import sql  # noqa: F401  (SQLAlchemy and the adapters)
+        from .sql import geodatabase  # noqa: F401  (adapter_for asks every PostgreSQL source whether it is one)
         from .sql.base import preload_dialects
 
         preload_dialects()

@@ -16,6 +16,9 @@ after the extract; a change, or zero rows without ``allow_empty``, fails the ext
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from ...config import Dataset
 from ...connections import redact
 from ...staging import StagedTableWriter
@@ -23,6 +26,7 @@ from .base import (BATCH_ROWS, MAX_IDENTIFIER_BYTES, Adapter, ChangedSince, Extr
                    Progress, SourceColumn, quote, quote_literal, run, sqlalchemy_url)
 from .generic import GenericAdapter
 from .oracle import OracleAdapter
+from .engines import discard, source_engine
 from .postgres import PostgresAdapter
 
 _run = run  # the name tests and older callers use
@@ -39,50 +43,49 @@ def extract_table(dataset: Dataset, url: str, writer: StagedTableWriter, progres
     given) into ``writer``; returns the schema and facts for the manifest."""
     import sqlalchemy as sa
 
-    engine = _engine(sqlalchemy_url(url))
+    engine_url = sqlalchemy_url(url)
+    engine = source_engine(engine_url)
     adapter: Adapter | None = None
+    settings = None
     try:
         adapter = adapter_for(engine)(dataset, engine)
-        sa.event.listen(engine, "connect", lambda dbapi_connection, record: adapter.on_connect(dbapi_connection))
-        _configure_pooled(engine, adapter)
+        # The dataset's session settings (its statement timeout) on every connection this extract checks out.
+        settings = _session_settings(adapter)
+        sa.event.listen(engine, "checkout", settings)
         return run(dataset, adapter, writer, progress, since, only)
-    except sa.exc.NoSuchTableError as exc:
-        raise ExtractError(f"{dataset.id}: source {dataset.source_conn}: table {redact(str(exc))} not found") from None
-    except sa.exc.SQLAlchemyError as exc:  # not every SQLAlchemyError wraps a driver error (.orig)
+    except BaseException as exc:
+        discard(engine_url)  # a connection that failed mid-extract is never reused
+        error = _one_line_error(dataset, adapter, exc)
+        if error is None:
+            raise
+        raise error from None
+    finally:
+        if settings is not None and sa.event.contains(engine, "checkout", settings):
+            sa.event.remove(engine, "checkout", settings)
+
+
+def _session_settings(adapter: Adapter) -> Callable[[Any, Any, Any], None]:
+    def apply(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        adapter.on_connect(dbapi_connection)
+
+    return apply
+
+
+def _one_line_error(dataset: Dataset, adapter: Adapter | None, exc: BaseException) -> ExtractError | None:
+    """The one-line error for a SQLAlchemy error, or for a driver error that is our timeout (the COPY and the
+    row path's raw cursors raise outside SQLAlchemy); None: raise ``exc`` as it is."""
+    import sqlalchemy as sa
+
+    if isinstance(exc, sa.exc.NoSuchTableError):
+        return ExtractError(f"{dataset.id}: source {dataset.source_conn}: table {redact(str(exc))} not found")
+    if isinstance(exc, sa.exc.SQLAlchemyError):  # not every SQLAlchemyError wraps a driver error (.orig)
         driver = getattr(exc, "orig", None)
         if adapter is not None and driver is not None and adapter.is_timeout(driver):
-            raise _timeout(dataset, adapter) from None
-        raise ExtractError(f"{dataset.id}: source {dataset.source_conn}: {redact(str(driver or exc)).splitlines()[0]}") from None
-    except ExtractError:
-        raise
-    except Exception as exc:  # a driver error raised outside SQLAlchemy (COPY, the raw cursor of the row path)
-        if adapter is not None and adapter.is_timeout(exc):
-            raise _timeout(dataset, adapter) from None
-        raise
-    finally:
-        engine.dispose()
-
-
-def _engine(url: str) -> "sa.Engine":  # noqa: F821
-    """PostgreSQL: one connection for the whole extract (catalog, counts, COPY) instead of one per step — each
-    new backend costs a fork and a PostGIS library load (~15 ms). Other drivers get a connection per step:
-    their streaming cursors (PyMySQL unbuffered, oracledb) are not safe to share."""
-    import sqlalchemy as sa
-
-    if sa.engine.make_url(url).get_backend_name() == "postgresql":
-        return sa.create_engine(url, pool_size=1, max_overflow=2)
-    return sa.create_engine(url, poolclass=sa.pool.NullPool)
-
-
-def _configure_pooled(engine: "sa.Engine", adapter: Adapter) -> None:  # noqa: F821
-    """The pooled connection that chose the adapter gets the adapter's session settings (the dataset's timeout)
-    now, so the extract goes on with it rather than with a new backend (NullPool engines kept none)."""
-    import sqlalchemy as sa
-
-    if isinstance(engine.pool, sa.pool.NullPool):
-        return
-    with engine.connect() as conn:
-        adapter.on_connect(conn.connection.dbapi_connection)
+            return _timeout(dataset, adapter)
+        return ExtractError(f"{dataset.id}: source {dataset.source_conn}: {redact(str(driver or exc)).splitlines()[0]}")
+    if isinstance(exc, Exception) and not isinstance(exc, ExtractError) and adapter is not None and adapter.is_timeout(exc):
+        return _timeout(dataset, adapter)
+    return None
 
 
 def _timeout(dataset: Dataset, adapter: Adapter) -> ExtractTimeout:

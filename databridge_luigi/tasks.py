@@ -22,7 +22,7 @@ from .connections import redact, redact_exception, redacted_traceback, resolve, 
 from . import notify, runs
 from .luigi_defaults import check_scheduler
 from . import stopping
-from .publish import open_transport, transports
+from .publish import keepers, transports
 from .publish.announce import announce
 from .publish.catalog import webhook_url
 from .publish.locks import LockPolicy
@@ -53,28 +53,40 @@ class databridge(luigi.Config):
                                          "blockers are terminated once lock_wait_seconds have passed")
 
 
+@lru_cache(maxsize=1)
+def settings() -> databridge:
+    """The ``[databridge]`` section, read once per process: luigi resolves every parameter of a Config from its
+    files at each instantiation (~0.4 ms), and a dataset's tasks ask for it dozens of times."""
+    return databridge()
+
+
 @lru_cache(maxsize=4)
 def _registry(config_dir: str, default_carto_conn: str) -> Registry:
     return Registry(config_dir, default_carto_conn)
 
 
 def registry() -> Registry:
-    settings = databridge()
-    return _registry(str(settings.config_dir or default_config_dir()), str(settings.default_carto_conn))
+    return _registry(str(settings().config_dir or default_config_dir()), str(settings().default_carto_conn))
+
+
+def forget_settings() -> None:
+    """For a process that runs luigi more than once (tests) and changes its configuration in between."""
+    settings.cache_clear()
+    _registry.cache_clear()
 
 
 def load_settings(connection: str) -> LoadSettings:
-    settings = databridge()
-    terminate = connection in {c.strip() for c in str(settings.terminate_blockers).split(",") if c.strip()}
-    return LoadSettings(str(settings.default_load_mode), float(settings.lease_seconds), float(settings.lease_wait_seconds),
-                        LockPolicy(float(settings.lock_timeout_seconds), float(settings.lock_wait_seconds), terminate))
+    section = settings()
+    terminate = connection in {c.strip() for c in str(section.terminate_blockers).split(",") if c.strip()}
+    return LoadSettings(str(section.default_load_mode), float(section.lease_seconds), float(section.lease_wait_seconds),
+                        LockPolicy(float(section.lock_timeout_seconds), float(section.lock_wait_seconds), terminate))
 
 
 def staged_table(dataset_id: str, version: str) -> StagedTable:
     """One instance per store, dataset and version in a process: a manifest and schema, immutable once they
     exist, are then read once per run (or known from writing them) instead of again at every completion check
     and by every task that uses the version (four S3 GETs less per first publish)."""
-    key = (open_store(str(databridge().staging) or None), dataset_id, version)  # stores: one per process and root
+    key = (open_store(str(settings().staging) or None), dataset_id, version)  # stores: one per process and root
     if key not in _staged_tables:
         _staged_tables[key] = StagedTable(key[0], dataset_id, version)
     return _staged_tables[key]
@@ -94,6 +106,11 @@ class DatasetTask(luigi.Task):
 
     dataset_id = luigi.Parameter(description="e.g. lni__violations")
     version = luigi.Parameter(description="e.g. 20261124T110400Z")
+
+    # Above the Publish wrappers (0), which do nothing but are a task process each with --workers N: a worker
+    # freed by a load takes the next load or extract first, instead of a wrapper sitting between two loads of
+    # one destination (~30 ms each). luigi raises a task's dependencies to its priority.
+    priority = 10
 
     _last_status = 0.0
 
@@ -160,6 +177,7 @@ class Extract(DatasetTask):
     def _import_drivers(self) -> None:
         """About to run: import the source's drivers here, in the scheduling process, so that the task processes
         luigi forks with --workers N inherit them. A dataset that cannot be found is run()'s error to report."""
+        from . import change  # noqa: F401  (run() reads the change signal with it)
         from .sources import preload
 
         try:
@@ -263,16 +281,17 @@ class Load(DatasetTask):
         dataset, conn = self.dataset, self.dataset.dest_conn
 
         def load() -> LoadResult:
-            keeper = open_transport(conn)  # the lease's own connection: renewals go on while the main one COPYs
-            try:
-                loader = Loader(dataset, transports.get(conn), status=self.status, keeper=keeper, settings=load_settings(conn))
-                return loader.load(self.input().staged, force=bool(self.force), accept_schema_change=bool(self.accept_schema_change))
-            finally:
-                keeper.close()
+            # keeper: the lease's own connection, so renewals go on while the loader's COPYs
+            loader = Loader(dataset, transports.get(conn), status=self.status, keeper=keepers.get(conn), settings=load_settings(conn))
+            return loader.load(self.input().staged, force=bool(self.force), accept_schema_change=bool(self.accept_schema_change))
+
+        def discard() -> None:
+            transports.discard(conn)
+            keepers.discard(conn)
 
         # A connection that failed mid-protocol is never reused; rotated credentials get one more try.
         with stopping.cancel_on_sigterm():
-            result = retry_if_rotated(conn, load, on_failure=lambda: transports.discard(conn))
+            result = retry_if_rotated(conn, load, on_failure=discard)
         self.output().record_published()
         self._announce(result)
         verb = "published" if result.rewritten else "found already published" if result.mode == "already published" else "recorded (unchanged data)"

@@ -285,3 +285,27 @@ def test_a_run_reads_a_staged_manifest_and_schema_once(pipeline, monkeypatch):
     # none: the extract wrote manifest and schema, and the load and every later check use what it wrote.
     assert reads.count("manifest.json") == 2, reads
     assert reads.count("schema") == 0, reads
+
+
+def test_a_run_of_many_datasets_opens_each_destination_connection_once(pipeline, monkeypatch):
+    """One process publishing several datasets to one destination keeps the loader's connection and the lease's
+    (a second one, renewing while the loader COPYs) instead of opening a lease connection per dataset: each new
+    backend costs the destination a fork. Counted where transports are opened."""
+    import databridge_luigi.publish as publish
+
+    opened: list[str] = []
+    open_transport = publish.open_transport
+
+    def counted(name):
+        opened.append(name)
+        return open_transport(name)
+
+    monkeypatch.setattr(publish, "open_transport", counted)
+    for table in ("violations", "permits", "appeals"):
+        make_points_table(pipeline, "gis_lni", table, 50)
+        pipeline.config(f"lni__{table}", DAILY)
+    at(monkeypatch, "2026-11-24T12:00:00")
+    run = pipeline.run(PublishAll())
+    assert run.ok, run.summary
+    assert [pipeline.markers(f"lni__{t}") for t in ("violations", "permits", "appeals")] == [[("20261124T110400Z", 50, True)]] * 3
+    assert opened == ["carto_phl", "carto_phl"], opened  # the loader's and the lease's; was one lease connection per dataset

@@ -55,3 +55,6 @@ class TransportPool:
 
 
 transports = TransportPool()
+# The loads' lease connections (lease.py: taking, renewing while the loader's connection COPYs, releasing), kept
+# like the loaders' own: a PublishAll in one process opens one, not one per dataset.
+keepers = TransportPool()

@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/cpu.py                      # 1M rows, 3 runs each, interleaved
     .venv/bin/python bench/cpu.py --rows 100000 --repeats 1
+    .venv/bin/python bench/cpu.py --many 100           # 100 datasets of 10k rows: the shell loop against PublishAll
 
 Runs floor, floor + GiST + ANALYZE and ours (PostGIS, S3 staging on moto and local-directory staging) from
 bench/run.py on the same generated table, each after a CHECKPOINT, and reads the machine's busy CPU seconds from
@@ -33,33 +34,52 @@ def busy_seconds() -> float:
     return (sum(fields) - fields[3] - fields[4]) / TICKS
 
 
+Contestant = Callable[[int], bench_run.Result]  # called with the repeat's number
+
+
+def one_table_contestants(bench: bench_run.Bench, rows: int) -> dict[str, Contestant]:
+    table = bench.make_table(rows)
+    return {
+        "floor": lambda _: bench.floor(table, rows),
+        "floor + GiST + ANALYZE": lambda _: bench.floor(table, rows, usable=True),
+        "ours, postgis (S3 staging)": lambda _: bench.ours(table, rows, "postgis"),
+        "ours, postgis (local staging)": lambda _: bench.ours(table, rows, "postgis", local_staging=True),
+    }
+
+
+def many_contestants(bench: bench_run.Bench, datasets: int) -> dict[str, Contestant]:
+    """Each repeat publishes new tables (tags carry the repeat's number): every run is a first publish."""
+    return {
+        "floor + GiST + ANALYZE": lambda r: bench.many_floor(datasets, 10_000, f"cpufloor{r}"),
+        "ours, PublishAll --workers 1 (local staging)": lambda r: bench.many_ours(datasets, 10_000, f"cpu{r}", "local", 1),
+        "ours, PublishAll --workers 2 (local staging)": lambda r: bench.many_ours(datasets, 10_000, f"cpu{r}", "local", 2),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--many", type=int, default=0, help="instead: this many datasets of 10k rows (per-dataset fixed cost)")
     args = parser.parse_args()
     bench = bench_run.Bench(Path(tempfile.mkdtemp(prefix="dbl-cpu-")))
     try:
-        table, rows = bench.make_table(args.rows), args.rows
-        contestants: dict[str, Callable[[], bench_run.Result]] = {
-            "floor": lambda: bench.floor(table, rows),
-            "floor + GiST + ANALYZE": lambda: bench.floor(table, rows, usable=True),
-            "ours, postgis (S3 staging)": lambda: bench.ours(table, rows, "postgis"),
-            "ours, postgis (local staging)": lambda: bench.ours(table, rows, "postgis", local_staging=True),
-        }
+        contestants = many_contestants(bench, args.many) if args.many else one_table_contestants(bench, args.rows)
         runs: dict[str, list[tuple[float, float]]] = {name: [] for name in contestants}
-        for _ in range(args.repeats):
+        for repeat in range(args.repeats):
             for name, contestant in contestants.items():
                 bench.settle()
                 before = busy_seconds()
-                result = contestant()
+                result = contestant(repeat)
                 runs[name].append((result.seconds or 0.0, busy_seconds() - before))
         cores = os.cpu_count() or 1
         yardstick = statistics.median(wall for wall, _ in runs["floor + GiST + ANALYZE"])
-        print(f"| contestant | wall (median) | × floor + GiST | machine CPU (s) | CPU ÷ {cores} cores |\n|---|---:|---:|---:|---:|")
+        per = f" ÷ {args.many} datasets (ms)" if args.many else ""
+        scale = 1000 / args.many if args.many else 1.0
+        print(f"| contestant | wall{per} (median) | × floor + GiST | machine CPU{per} | CPU ÷ {cores} cores |\n|---|---:|---:|---:|---:|")
         for name, measured in runs.items():
             wall, cpu = statistics.median(w for w, _ in measured), statistics.median(c for _, c in measured)
-            print(f"| {name} | {wall:.2f} | {wall / yardstick:.2f} | {cpu:.2f} | {cpu / cores:.2f} |")
+            print(f"| {name} | {wall * scale:.2f} | {wall / yardstick:.2f} | {cpu * scale:.2f} | {cpu * scale / cores:.2f} |")
     finally:
         bench.close()
     return 0

@@ -324,44 +324,56 @@ class Bench:
 
     def many(self, datasets: int, rows: int, repeat: int) -> list[Result]:
         """Many small datasets, each published for the first time: per-dataset fixed cost decides here."""
+        results = [self.many_ours(datasets, rows, f"many{repeat}", staging, workers)
+                   for staging, workers in (("S3", 1), ("S3", 2), ("local", 1), ("local", 2))]
+        return results + [self.many_floor(datasets, rows, f"floorm{repeat}"), self.many_ogr2ogr(datasets, rows, f"ogrm{repeat}")]
+
+    def small_table(self, rows: int) -> str:
         table = f"points_{rows}"
         if not self._exists(self.src, f"bench.{table}"):
             self.make_table(rows)
-        label = f"{datasets} datasets × {rows // 1000}k rows"
-        results: list[Result] = []
-        for staging, workers in (("S3", 1), ("S3", 2), ("local", 1), ("local", 2)):
-            prefix = f"many{repeat}{staging.lower()}w{workers}"
-            config = self.config(f"cfg_{prefix}", {f"{prefix}__t{i:03d}": table for i in range(datasets)})
-            for path in config.rglob("*.yml"):  # each dataset its own destination table
-                path.write_text(path.read_text().replace(f"destination: {{table: {table}}}", f"destination: {{table: {prefix}_{path.stem}}}"))
-            env = self.env(config, self.dest)
-            # nothing staged yet: extract and load every dataset
-            env["DATABRIDGE_STAGING"] = f"s3://bench/{prefix}" if staging == "S3" else str(self.workdir / prefix)
-            self.settle()
-            seconds, peak = run_measured([str(BIN / "luigi"), "--module", "databridge_luigi", "PublishAll", "--local-scheduler",
-                                          "--workers", str(workers)], env=env)
-            results.append(Result(f"{label}: ours PublishAll --workers {workers} ({staging} staging)", datasets, seconds, peak))
-        script = self.workdir / f"floor_loop_{repeat}.sh"
+        return table
+
+    def many_ours(self, datasets: int, rows: int, tag: str, staging: str, workers: int) -> Result:
+        """``PublishAll`` over ``datasets`` new datasets (tables ``<tag>…``), nothing staged yet: every one extracted and loaded."""
+        table = self.small_table(rows)
+        prefix = f"{tag}{staging.lower()}w{workers}"
+        config = self.config(f"cfg_{prefix}", {f"{prefix}__t{i:03d}": table for i in range(datasets)})
+        for path in config.rglob("*.yml"):  # each dataset its own destination table
+            path.write_text(path.read_text().replace(f"destination: {{table: {table}}}", f"destination: {{table: {prefix}_{path.stem}}}"))
+        env = self.env(config, self.dest)
+        env["DATABRIDGE_STAGING"] = f"s3://bench/{prefix}" if staging == "S3" else str(self.workdir / prefix)
+        self.settle()
+        seconds, peak = run_measured([str(BIN / "luigi"), "--module", "databridge_luigi", "PublishAll", "--local-scheduler",
+                                      "--workers", str(workers)], env=env)
+        return Result(f"{datasets} datasets × {rows // 1000}k rows: ours PublishAll --workers {workers} ({staging} staging)",
+                      datasets, seconds, peak)
+
+    def many_floor(self, datasets: int, rows: int, tag: str) -> Result:
+        """The shell loop a data engineer would write: per dataset a psql pipe, then GiST and ANALYZE."""
+        table = self.small_table(rows)
+        script = self.workdir / f"{tag}_loop.sh"
         script.write_text("set -e\n" + "".join(
             f"psql '{self.src}' -qc \"\\copy ({FLOOR_SELECT.format(table=table)}) TO STDOUT\" | "
-            f"psql '{self.dest}' -q -c 'CREATE TABLE floorm{repeat}_{i} ({COLUMNS})' -c \"\\copy floorm{repeat}_{i} FROM STDIN\" "
-            f"-c 'CREATE INDEX ON floorm{repeat}_{i} USING gist (geom)' -c 'ANALYZE floorm{repeat}_{i}'\n" for i in range(datasets)))
+            f"psql '{self.dest}' -q -c 'CREATE TABLE {tag}_{i} ({COLUMNS})' -c \"\\copy {tag}_{i} FROM STDIN\" "
+            f"-c 'CREATE INDEX ON {tag}_{i} USING gist (geom)' -c 'ANALYZE {tag}_{i}'\n" for i in range(datasets)))
         self.settle()
         seconds, peak = run_measured(["bash", str(script)])
-        results.append(Result(f"{label}: floor + GiST + ANALYZE, shell loop", datasets, seconds, peak))
+        return Result(f"{datasets} datasets × {rows // 1000}k rows: floor + GiST + ANALYZE, shell loop", datasets, seconds, peak)
+
+    def many_ogr2ogr(self, datasets: int, rows: int, tag: str) -> Result:
+        table = self.small_table(rows)
         binary = shutil.which("ogr2ogr")
-        name = f"{label}: ogr2ogr loop (PG_USE_COPY, GiST)"
+        name = f"{datasets} datasets × {rows // 1000}k rows: ogr2ogr loop (PG_USE_COPY, GiST)"
         if binary is None:
-            results.append(Result(name, datasets, None, None, "ogr2ogr not installed: apt-get install gdal-bin"))
-        else:
-            script = self.workdir / f"ogr_loop_{repeat}.sh"
-            script.write_text("set -e\nexport PG_USE_COPY=YES\n" + "".join(
-                f"'{binary}' -f PostgreSQL 'PG:{self.dest}' 'PG:{self.src}' bench.{table} -nln ogrm{repeat}_{i} -overwrite "
-                "-lco GEOMETRY_NAME=geom -lco SPATIAL_INDEX=GIST\n" for i in range(datasets)))
-            self.settle()
-            seconds, peak = run_measured(["bash", str(script)])
-            results.append(Result(name, datasets, seconds, peak))
-        return results
+            return Result(name, datasets, None, None, "ogr2ogr not installed: apt-get install gdal-bin")
+        script = self.workdir / f"{tag}_loop.sh"
+        script.write_text("set -e\nexport PG_USE_COPY=YES\n" + "".join(
+            f"'{binary}' -f PostgreSQL 'PG:{self.dest}' 'PG:{self.src}' bench.{table} -nln {tag}_{i} -overwrite "
+            "-lco GEOMETRY_NAME=geom -lco SPATIAL_INDEX=GIST\n" for i in range(datasets)))
+        self.settle()
+        seconds, peak = run_measured(["bash", str(script)])
+        return Result(name, datasets, seconds, peak)
 
     @staticmethod
     def _exists(dsn: str, name: str) -> bool:

@@ -230,3 +230,18 @@ def test_a_postgresql_extract_opens_one_connection_not_one_per_step(tmp_path, mo
     assert len(connects) == 1, connects
     with staged.open_csv() as data:
         assert data.read().count(b"\n") == 301
+
+
+def test_a_source_error_in_the_middle_of_the_copy_names_the_dataset_and_the_connection(tmp_path, monkeypatch, postgis_dsn):
+    """A view that fails on row 150 of 300: the COPY raises its driver's error outside SQLAlchemy, after rows were
+    read. The error is one line naming the dataset and the source connection, and nothing is staged."""
+    pipeline = Pipeline(tmp_path, postgis_dsn, postgis_dsn, monkeypatch)
+    make_points_table(pipeline, "gis_qa", "divides_base", 300)
+    pipeline.source("CREATE OR REPLACE VIEW gis_qa.divides AS SELECT objectid, 100 / (objectid - 150) AS ratio FROM gis_qa.divides_base")
+    pipeline.config("qa__divides", "schedule_interval: 0 1 * * *\nupload_to_carto: true\ncarto_users: []\n")
+    dataset = next(iter(load_datasets(pipeline.config_dir)[0]))
+    staged = StagedTable(LocalStore(tmp_path / "staging"), dataset.id, "v1")
+    with pytest.raises(ExtractError) as raised:
+        extract(dataset, postgis_dsn, staged)
+    assert str(raised.value) == "qa__divides: source databridge: division by zero"
+    assert not staged.exists()

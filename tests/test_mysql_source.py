@@ -252,13 +252,11 @@ def test_a_pymysql_without_the_internals_the_reader_uses_gets_pymysql_rows(pipel
 def test_an_error_while_the_csv_streams_is_reported_and_ends_the_geometry_types_scan(pipeline, mysql):
     """The geometry's types are read on a second connection while the CSV streams; a statement that fails in the
     stream (here a value only the stream reads: a subquery returning two rows at row 3) is reported as the
-    source's error (the driver's, as PyMySQL raises it on every row path), and the types scan beside it is ended,
-    not waited on forever."""
-    import pymysql
-
+    source's error (PyMySQL's, on every row path, in one line naming the dataset and the connection), and the
+    types scan beside it is ended, not waited on forever."""
     mysql.run("CREATE TABLE pts (id INT, shape TEXT)")
     mysql.run("INSERT INTO pts VALUES (1, 'POINT(1 2)'), (2, 'POINT(3 4)'), (3, 'POINT(5 6)')")
     mysql.run("CREATE VIEW pts_v AS SELECT id, shape, IF(id = 3, (SELECT 1 UNION SELECT 2), 'x') AS note FROM pts")
     mysql.config("bad__pts_v", "geometry: {column: shape, srid: 2272}\n")
-    with pytest.raises(pymysql.err.OperationalError, match="Subquery returns more than 1 row"):
+    with pytest.raises(ExtractError, match=r"^bad__pts_v: source mysql_src: \(1242, 'Subquery returns more than 1 row'\)$"):
         publish(pipeline, "bad__pts_v", "v1")

@@ -55,7 +55,7 @@ def extract_table(dataset: Dataset, url: str, writer: StagedTableWriter, progres
         return run(dataset, adapter, writer, progress, since, only)
     except BaseException as exc:
         discard(engine_url)  # a connection that failed mid-extract is never reused
-        error = _one_line_error(dataset, adapter, exc)
+        error = _one_line_error(dataset, adapter, exc, getattr(engine.dialect, "loaded_dbapi", None))
         if error is None:
             raise
         raise error from None
@@ -71,9 +71,10 @@ def _session_settings(adapter: Adapter) -> Callable[[Any, Any, Any], None]:
     return apply
 
 
-def _one_line_error(dataset: Dataset, adapter: Adapter | None, exc: BaseException) -> ExtractError | None:
-    """The one-line error for a SQLAlchemy error, or for a driver error that is our timeout (the COPY and the
-    row path's raw cursors raise outside SQLAlchemy); None: raise ``exc`` as it is."""
+def _one_line_error(dataset: Dataset, adapter: Adapter | None, exc: BaseException, dbapi: Any) -> ExtractError | None:
+    """The one-line error, naming the dataset and the source connection, for a SQLAlchemy error or a driver
+    (``dbapi``) error — the COPY and the row path's raw cursors raise outside SQLAlchemy, e.g. a view failing
+    on a row mid-stream; a timeout says so. None: raise ``exc`` as it is."""
     import sqlalchemy as sa
 
     if isinstance(exc, sa.exc.NoSuchTableError):
@@ -82,10 +83,19 @@ def _one_line_error(dataset: Dataset, adapter: Adapter | None, exc: BaseExceptio
         driver = getattr(exc, "orig", None)
         if adapter is not None and driver is not None and adapter.is_timeout(driver):
             return _timeout(dataset, adapter)
-        return ExtractError(f"{dataset.id}: source {dataset.source_conn}: {redact(str(driver or exc)).splitlines()[0]}")
-    if isinstance(exc, Exception) and not isinstance(exc, ExtractError) and adapter is not None and adapter.is_timeout(exc):
+        return ExtractError(f"{dataset.id}: source {dataset.source_conn}: {_first_line(driver or exc)}")
+    if not isinstance(exc, Exception) or isinstance(exc, ExtractError) or adapter is None:
+        return None
+    if adapter.is_timeout(exc):
         return _timeout(dataset, adapter)
+    if dbapi is not None and isinstance(exc, dbapi.Error):
+        return ExtractError(f"{dataset.id}: source {dataset.source_conn}: {_first_line(exc)}")
     return None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = redact(str(error)).splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def _timeout(dataset: Dataset, adapter: Adapter) -> ExtractTimeout:

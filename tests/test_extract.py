@@ -245,3 +245,42 @@ def test_a_source_error_in_the_middle_of_the_copy_names_the_dataset_and_the_conn
         extract(dataset, postgis_dsn, staged)
     assert str(raised.value) == "qa__divides: source databridge: division by zero"
     assert not staged.exists()
+
+
+def test_a_statement_cancelled_on_the_source_without_a_timeout_is_reported_as_cancelled(tmp_path, monkeypatch, postgis_dsn):
+    """A DBA's pg_cancel_backend gives the same sqlstate as a statement timeout; a dataset without a timeout was
+    not timed out, and the report says what the source said (it used to fail formatting a timeout of None)."""
+    import threading
+    import time
+
+    import psycopg
+
+    pipeline = Pipeline(tmp_path, postgis_dsn, postgis_dsn, monkeypatch)
+    make_points_table(pipeline, "gis_qa", "sleepy_base", 300)
+    pipeline.source("CREATE OR REPLACE VIEW gis_qa.sleepy AS SELECT objectid, pg_sleep(0.02)::text AS slept FROM gis_qa.sleepy_base")
+    pipeline.config("qa__sleepy", "schedule_interval: 0 1 * * *\nupload_to_carto: true\ncarto_users: []\n")
+    dataset = next(iter(load_datasets(pipeline.config_dir)[0]))
+    staged = StagedTable(LocalStore(tmp_path / "staging"), dataset.id, "v1")
+    cancelled: list[int] = []
+
+    def cancel_the_extract() -> None:
+        with psycopg.connect(postgis_dsn, autocommit=True) as admin:
+            deadline = time.monotonic() + 20
+            while not cancelled and time.monotonic() < deadline:
+                rows = admin.execute("SELECT pid FROM pg_stat_activity WHERE query LIKE '%gis_qa%sleepy%' AND state = 'active' "
+                                     "AND pid <> pg_backend_pid()").fetchall()
+                for (pid,) in rows:
+                    admin.execute("SELECT pg_cancel_backend(%s)", (pid,))
+                    cancelled.append(pid)
+                time.sleep(0.05)
+
+    canceller = threading.Thread(target=cancel_the_extract)
+    canceller.start()
+    try:
+        with pytest.raises(ExtractError) as raised:
+            extract(dataset, postgis_dsn, staged)
+    finally:
+        canceller.join()
+    assert cancelled
+    assert str(raised.value) == "qa__sleepy: source databridge: canceling statement due to user request"
+    assert not staged.exists()

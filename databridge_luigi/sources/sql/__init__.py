@@ -77,16 +77,19 @@ def _one_line_error(dataset: Dataset, adapter: Adapter | None, exc: BaseExceptio
     on a row mid-stream; a timeout says so. None: raise ``exc`` as it is."""
     import sqlalchemy as sa
 
+    def timed_out(error: BaseException) -> bool:  # a statement cancelled without a timeout set was cancelled by someone
+        return adapter is not None and adapter.timeout is not None and adapter.is_timeout(error)
+
     if isinstance(exc, sa.exc.NoSuchTableError):
         return ExtractError(f"{dataset.id}: source {dataset.source_conn}: table {redact(str(exc))} not found")
     if isinstance(exc, sa.exc.SQLAlchemyError):  # not every SQLAlchemyError wraps a driver error (.orig)
         driver = getattr(exc, "orig", None)
-        if adapter is not None and driver is not None and adapter.is_timeout(driver):
+        if adapter is not None and driver is not None and timed_out(driver):
             return _timeout(dataset, adapter)
         return ExtractError(f"{dataset.id}: source {dataset.source_conn}: {_first_line(driver or exc)}")
     if not isinstance(exc, Exception) or isinstance(exc, ExtractError) or adapter is None:
         return None
-    if adapter.is_timeout(exc):
+    if timed_out(exc):
         return _timeout(dataset, adapter)
     if dbapi is not None and isinstance(exc, dbapi.Error):
         return ExtractError(f"{dataset.id}: source {dataset.source_conn}: {_first_line(exc)}")

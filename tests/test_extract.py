@@ -232,15 +232,20 @@ def test_a_postgresql_extract_opens_one_connection_not_one_per_step(tmp_path, mo
         assert data.read().count(b"\n") == 301
 
 
+def _view_dataset(tmp_path: Path, monkeypatch, dsn: str, name: str, column: str):
+    """Dataset ``qa__<name>`` over the view gis_qa.<name>: objectid and ``column`` over 300 rows."""
+    pipeline = Pipeline(tmp_path, dsn, dsn, monkeypatch)
+    make_points_table(pipeline, "gis_qa", f"{name}_base", 300)
+    pipeline.source(f"CREATE OR REPLACE VIEW gis_qa.{name} AS SELECT objectid, {column} FROM gis_qa.{name}_base")
+    pipeline.config(f"qa__{name}", "schedule_interval: 0 1 * * *\nupload_to_carto: true\ncarto_users: []\n")
+    dataset = next(iter(load_datasets(pipeline.config_dir)[0]))
+    return dataset, StagedTable(LocalStore(tmp_path / "staging"), dataset.id, "v1")
+
+
 def test_a_source_error_in_the_middle_of_the_copy_names_the_dataset_and_the_connection(tmp_path, monkeypatch, postgis_dsn):
     """A view that fails on row 150 of 300: the COPY raises its driver's error outside SQLAlchemy, after rows were
     read. The error is one line naming the dataset and the source connection, and nothing is staged."""
-    pipeline = Pipeline(tmp_path, postgis_dsn, postgis_dsn, monkeypatch)
-    make_points_table(pipeline, "gis_qa", "divides_base", 300)
-    pipeline.source("CREATE OR REPLACE VIEW gis_qa.divides AS SELECT objectid, 100 / (objectid - 150) AS ratio FROM gis_qa.divides_base")
-    pipeline.config("qa__divides", "schedule_interval: 0 1 * * *\nupload_to_carto: true\ncarto_users: []\n")
-    dataset = next(iter(load_datasets(pipeline.config_dir)[0]))
-    staged = StagedTable(LocalStore(tmp_path / "staging"), dataset.id, "v1")
+    dataset, staged = _view_dataset(tmp_path, monkeypatch, postgis_dsn, "divides", "100 / (objectid - 150) AS ratio")
     with pytest.raises(ExtractError) as raised:
         extract(dataset, postgis_dsn, staged)
     assert str(raised.value) == "qa__divides: source databridge: division by zero"
@@ -255,12 +260,7 @@ def test_a_statement_cancelled_on_the_source_without_a_timeout_is_reported_as_ca
 
     import psycopg
 
-    pipeline = Pipeline(tmp_path, postgis_dsn, postgis_dsn, monkeypatch)
-    make_points_table(pipeline, "gis_qa", "sleepy_base", 300)
-    pipeline.source("CREATE OR REPLACE VIEW gis_qa.sleepy AS SELECT objectid, pg_sleep(0.02)::text AS slept FROM gis_qa.sleepy_base")
-    pipeline.config("qa__sleepy", "schedule_interval: 0 1 * * *\nupload_to_carto: true\ncarto_users: []\n")
-    dataset = next(iter(load_datasets(pipeline.config_dir)[0]))
-    staged = StagedTable(LocalStore(tmp_path / "staging"), dataset.id, "v1")
+    dataset, staged = _view_dataset(tmp_path, monkeypatch, postgis_dsn, "sleepy", "pg_sleep(0.02)::text AS slept")
     cancelled: list[int] = []
 
     def cancel_the_extract() -> None:

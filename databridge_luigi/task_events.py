@@ -1,7 +1,8 @@
 """What happens around the tasks (tasks.py) as luigi runs them: a Slack alert and a run record for every failure,
-a run record for every finished publish (what `databridge-luigi status` reads without luigid, runs.py), and the
-published-versions snapshot forgotten after a load. Imported by the package, so luigi registers the handlers
-wherever the tasks run."""
+and a run record for every finished publish (what `databridge-luigi status` reads without luigid, runs.py).
+Imported by the package, so luigi registers the handlers wherever the tasks run. (The published-versions
+snapshot is not forgotten after a load: a load adds its version to it, and a version it lacks is asked for
+directly — re-reading every marker after each load cost one query per dataset that grew with the history.)"""
 from __future__ import annotations
 
 import logging
@@ -11,16 +12,9 @@ import luigi
 from . import notify, runs
 from .connections import redact_exception
 from .staging import open_store
-from .targets import published_versions
-from .tasks import BrokenConfig, DatasetTask, Load, databridge, registry
+from .tasks import BrokenConfig, DatasetTask, Load, registry, settings
 
 log = logging.getLogger("databridge_luigi")
-
-
-@luigi.Task.event_handler(luigi.Event.SUCCESS)
-def _forget_snapshot(task: luigi.Task) -> None:
-    if isinstance(task, Load):
-        published_versions.clear()
 
 
 @BrokenConfig.event_handler(luigi.Event.FAILURE)
@@ -32,7 +26,7 @@ def _alert_slack(task: DatasetTask, exception: BaseException) -> None:
 # --- run records: what `databridge-luigi status` reads without luigid (runs.py) ---------------------------
 
 def _run_store():  # type: ignore[no-untyped-def]
-    return open_store(str(databridge().staging) or None)
+    return open_store(str(settings().staging) or None)
 
 
 @DatasetTask.event_handler(luigi.Event.PROCESSING_TIME)

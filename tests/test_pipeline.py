@@ -287,11 +287,14 @@ def test_a_run_reads_a_staged_manifest_and_schema_once(pipeline, monkeypatch):
     assert reads.count("schema") == 0, reads
 
 
-def test_a_run_of_many_datasets_opens_each_destination_connection_once(pipeline, monkeypatch):
+def test_a_run_of_many_datasets_opens_each_destination_connection_and_reads_its_markers_once(pipeline, monkeypatch):
     """One process publishing several datasets to one destination keeps the loader's connection and the lease's
     (a second one, renewing while the loader COPYs) instead of opening a lease connection per dataset: each new
-    backend costs the destination a fork. Counted where transports are opened."""
+    backend costs the destination a fork. And it reads the destination's markers once: each load adds its own
+    version to the snapshot, where re-reading every marker after each load cost a query per dataset that grows
+    with the history. Counted where transports are opened and where the snapshot is read."""
     import databridge_luigi.publish as publish
+    from databridge_luigi.targets import PublishedVersions
 
     opened: list[str] = []
     open_transport = publish.open_transport
@@ -300,7 +303,15 @@ def test_a_run_of_many_datasets_opens_each_destination_connection_once(pipeline,
         opened.append(name)
         return open_transport(name)
 
+    snapshots: list[str] = []
+    load_snapshot = PublishedVersions._load
+
+    def counted_snapshot(self, connection, schema):
+        snapshots.append(connection)
+        return load_snapshot(self, connection, schema)
+
     monkeypatch.setattr(publish, "open_transport", counted)
+    monkeypatch.setattr(PublishedVersions, "_load", counted_snapshot)
     for table in ("violations", "permits", "appeals"):
         make_points_table(pipeline, "gis_lni", table, 50)
         pipeline.config(f"lni__{table}", DAILY)
@@ -309,3 +320,4 @@ def test_a_run_of_many_datasets_opens_each_destination_connection_once(pipeline,
     assert run.ok, run.summary
     assert [pipeline.markers(f"lni__{t}") for t in ("violations", "permits", "appeals")] == [[("20261124T110400Z", 50, True)]] * 3
     assert opened == ["carto_phl", "carto_phl"], opened  # the loader's and the lease's; was one lease connection per dataset
+    assert snapshots == ["carto_phl"], snapshots  # was one more after each of the three loads

@@ -52,6 +52,7 @@ def many_contestants(bench: bench_run.Bench, datasets: int) -> dict[str, Contest
     return {
         "floor + GiST + ANALYZE": lambda r: bench.many_floor(datasets, 10_000, f"cpufloor{r}"),
         "ours, PublishAll --workers 1 (local staging)": lambda r: bench.many_ours(datasets, 10_000, f"cpu{r}", "local", 1),
+        "ours, PublishAll --workers 1, no extract ahead": lambda r: bench.many_ours(datasets, 10_000, f"cpu{r}", "local", 1, extract_ahead=False),
         "ours, PublishAll --workers 2 (local staging)": lambda r: bench.many_ours(datasets, 10_000, f"cpu{r}", "local", 2),
     }
 

@@ -326,6 +326,7 @@ class Bench:
         """Many small datasets, each published for the first time: per-dataset fixed cost decides here."""
         results = [self.many_ours(datasets, rows, f"many{repeat}", staging, workers)
                    for staging, workers in (("S3", 1), ("S3", 2), ("local", 1), ("local", 2))]
+        results.append(self.many_ours(datasets, rows, f"many{repeat}", "local", 1, extract_ahead=False))
         return results + [self.many_floor(datasets, rows, f"floorm{repeat}"), self.many_ogr2ogr(datasets, rows, f"ogrm{repeat}")]
 
     def small_table(self, rows: int) -> str:
@@ -334,19 +335,25 @@ class Bench:
             self.make_table(rows)
         return table
 
-    def many_ours(self, datasets: int, rows: int, tag: str, staging: str, workers: int) -> Result:
-        """``PublishAll`` over ``datasets`` new datasets (tables ``<tag>…``), nothing staged yet: every one extracted and loaded."""
+    def many_ours(self, datasets: int, rows: int, tag: str, staging: str, workers: int, extract_ahead: bool = True) -> Result:
+        """``PublishAll`` over ``datasets`` new datasets (tables ``<tag>…``), nothing staged yet: every one extracted and
+        loaded. ``extract_ahead=False``: luigi.cfg ``[databridge] extract_ahead = false`` (one worker's extracts in turn)."""
         table = self.small_table(rows)
-        prefix = f"{tag}{staging.lower()}w{workers}"
+        prefix = f"{tag}{staging.lower()}w{workers}{'' if extract_ahead else 'serial'}"
         config = self.config(f"cfg_{prefix}", {f"{prefix}__t{i:03d}": table for i in range(datasets)})
         for path in config.rglob("*.yml"):  # each dataset its own destination table
             path.write_text(path.read_text().replace(f"destination: {{table: {table}}}", f"destination: {{table: {prefix}_{path.stem}}}"))
         env = self.env(config, self.dest)
         env["DATABRIDGE_STAGING"] = f"s3://bench/{prefix}" if staging == "S3" else str(self.workdir / prefix)
+        if not extract_ahead:
+            settings = self.workdir / "no_extract_ahead.cfg"
+            settings.write_text("[databridge]\nextract_ahead = false\n")
+            env["LUIGI_CONFIG_PATH"] = str(settings)
         self.settle()
         seconds, peak = run_measured([str(BIN / "luigi"), "--module", "databridge_luigi", "PublishAll", "--local-scheduler",
                                       "--workers", str(workers)], env=env)
-        return Result(f"{datasets} datasets × {rows // 1000}k rows: ours PublishAll --workers {workers} ({staging} staging)",
+        serial = "" if extract_ahead else ", no extract ahead"
+        return Result(f"{datasets} datasets × {rows // 1000}k rows: ours PublishAll --workers {workers} ({staging} staging{serial})",
                       datasets, seconds, peak)
 
     def many_floor(self, datasets: int, rows: int, tag: str) -> Result:

@@ -45,6 +45,7 @@ def env_var_name(name: str) -> str:
 _MASK = "***"
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
+_client_lock = threading.Lock()
 # user:password@ in any URL, and key-like query parameters.
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<pw>[^@/\s'\"]+)(?P<end>@|(?=[/\s'\"]|$))", re.I)
 _KEY_PARAM = re.compile(r"(?P<key>(?:api_key|apikey|gatekeeperKey|token|password|secret)=)(?P<value>[^&\s'\"]+)", re.I)
@@ -134,7 +135,9 @@ def _get_secret_string(secret_id: str) -> str | None:
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        reply = boto3.client("secretsmanager").get_secret_value(SecretId=secret_id)
+        with _client_lock:  # boto3's default session builds clients unsafely from two threads (ahead.py runs one)
+            client = boto3.client("secretsmanager")
+        reply = client.get_secret_value(SecretId=secret_id)
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "Error")
         if code == "ResourceNotFoundException":

@@ -20,6 +20,7 @@ import luigi
 from .config import ConfigError, ConfigProblem, Dataset, Registry, dataset_id_for, default_config_dir
 from .connections import redact, redact_exception, redacted_traceback, resolve, retry_if_rotated
 from . import notify, runs
+from .ahead import extracts
 from .luigi_defaults import check_scheduler
 from . import stopping
 from .publish import keepers, transports
@@ -32,6 +33,8 @@ from .staging import StagedTable, Store, open_store
 from .targets import PublishedTableTarget, StagedTableTarget
 
 if TYPE_CHECKING:
+    from .change import Outcome
+    from .sources import Progress
     from .sources.sql.base import ChangedSince
 
 log = logging.getLogger("databridge_luigi")
@@ -51,6 +54,8 @@ class databridge(luigi.Config):
     lock_wait_seconds = luigi.FloatParameter(default=600.0, description="how long a commit retries lock timeouts before failing")
     terminate_blockers = luigi.Parameter(default="", description="destination connections (comma-separated) whose lock "
                                          "blockers are terminated once lock_wait_seconds have passed")
+    extract_ahead = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
+                                        description="with one worker, run the next due extract on a thread while a load runs (ahead.py)")
 
 
 @lru_cache(maxsize=1)
@@ -136,6 +141,11 @@ class DatasetTask(luigi.Task):
         if getattr(self, "set_status_message", None) is not None:
             self._status_reporter = self.set_status_message
 
+    def extract_next_ahead(self, doing: str) -> None:
+        """While this task waits on its destination, the next due extract of this process runs on a thread (ahead.py)."""
+        if settings().extract_ahead:
+            extracts.start_next(f"{doing} {self.dataset_id}")
+
     def show_log_link(self) -> None:
         """luigid's tracking URL while the task runs: the Batch job's page (it links the CloudWatch log
         stream) or the DATABRIDGE_LOG_URL template. luigi only forwards set_tracking_url inside run()."""
@@ -172,7 +182,20 @@ class Extract(DatasetTask):
         done = super().complete()
         if not done:
             self._import_drivers()
+            self._may_run_ahead()
         return done
+
+    def _may_run_ahead(self) -> None:
+        """Due in this run: a load of this process may start it on a thread (ahead.py). Not an incremental extract:
+        it reads the version its destination holds, on the connection the load would be using."""
+        from .change.delta import incremental_column
+
+        try:
+            dataset = self.dataset
+        except (KeyError, ConfigError):
+            return
+        if settings().extract_ahead and incremental_column(dataset) is None:
+            extracts.due(str(self.task_id), dataset.id, lambda: self._stage(lambda *args, **kwargs: None))
 
     def _import_drivers(self) -> None:
         """About to run: import the source's drivers here, in the scheduling process, so that the task processes
@@ -187,23 +210,26 @@ class Extract(DatasetTask):
         preload(kind)
 
     def run(self) -> None:
-        from .change import Outcome, extract_unless_unchanged
+        self.show_log_link()
+        self.status(f"extracting from {self.dataset.source_conn}")
+        with stopping.cancel_on_sigterm():  # the outcome of a run ahead, if a load started one; else extracts now
+            outcome = extracts.result(str(self.task_id), lambda: self._stage(self._progress))
+        self.status(outcome.message, 100)  # staged N rows | unchanged since <version> | already staged by run …
+
+    def _stage(self, progress: "Progress") -> "Outcome":
+        from .change import extract_unless_unchanged
         from .sources import extract  # sources import their drivers lazily
 
-        self.show_log_link()
         dataset = self.dataset
         staged = self.output().staged
-        self.status(f"extracting from {dataset.source_conn}")
 
-        def stage() -> Outcome:
+        def stage() -> "Outcome":
             url = resolve(dataset.source_conn)
             since = self._changed_since(dataset)
-            return extract_unless_unchanged(dataset, url, staged, lambda: extract(dataset, url, staged, progress=self._progress, since=since),
+            return extract_unless_unchanged(dataset, url, staged, lambda: extract(dataset, url, staged, progress=progress, since=since),
                                             force=bool(self.force))
 
-        with stopping.cancel_on_sigterm():
-            outcome = retry_if_rotated(dataset.source_conn, stage)
-        self.status(outcome.message, 100)  # staged N rows | unchanged since <version> | already staged by run …
+        return retry_if_rotated(dataset.source_conn, stage)
 
     def _changed_since(self, dataset: Dataset) -> "ChangedSince | None":
         """An incremental dataset reads the rows changed since the version its destination holds; ``--force``, or
@@ -278,6 +304,7 @@ class Load(DatasetTask):
 
     def run(self) -> None:
         self.show_log_link()
+        self.extract_next_ahead("loads")
         dataset, conn = self.dataset, self.dataset.dest_conn
 
         def load() -> LoadResult:
@@ -333,6 +360,7 @@ class LoadAgo(DatasetTask):
         from .publish.ago import publish_to_ago
 
         self.show_log_link()
+        self.extract_next_ahead("publishes to ArcGIS Online")
         result = publish_to_ago(self.dataset, self.input().staged, str(self.version), force=bool(self.force), status=self.status)
         verb = "published" if result.rewritten else "recorded (unchanged data)"
         self.status(f"{verb} {result.rows} rows to {result.where} in {result.seconds:.1f}s", 100)

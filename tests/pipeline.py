@@ -12,6 +12,7 @@ import psycopg
 from luigi.execution_summary import LuigiStatusCode
 
 import databridge_luigi.tasks as tasks
+from databridge_luigi.ahead import extracts
 from databridge_luigi.publish import keepers, transports
 from databridge_luigi.publish.catalog import forget_push_attempts
 from databridge_luigi.sources.sql import engines as source_engines
@@ -50,6 +51,7 @@ class Pipeline:
         published_versions.clear()
         tasks.forget_staged_tables()
         forget_push_attempts()
+        extracts.forget()
 
     def config(self, dataset: str, text: str) -> Path:
         dept, table = dataset.split("__")

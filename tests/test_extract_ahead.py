@@ -1,0 +1,153 @@
+"""Extract ahead (databridge_luigi/ahead.py): with one worker, the next due extract runs on a thread while a
+load runs — once, in the process that found it due, never beside another extract."""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+from datetime import datetime, timezone
+
+import luigi.configuration
+import pytest
+
+import databridge_luigi.schedule as schedule
+from databridge_luigi import runs
+from databridge_luigi.ahead import ExtractAhead
+from databridge_luigi.staging import open_store
+from databridge_luigi.tasks import PublishAll
+from tests.pipeline import make_points_table
+
+DAILY = """\
+    schedule_interval: 4 11 * * *
+    upload_to_carto: true
+    carto_users: [publicuser]
+    source: {schema: gis_ahead, table: %s}
+    """
+
+
+# --- the bookkeeping, with real threads --------------------------------------------------------------------
+
+def test_a_due_extract_started_ahead_runs_once_and_its_outcome_is_taken_by_the_task():
+    ahead, calls = ExtractAhead(), []
+    ahead.due("b", "lni__b", lambda: calls.append(threading.current_thread().name) or "staged b")
+
+    assert ahead.start_next("loads lni__a") == "lni__b"
+    assert ahead.result("b", lambda: calls.append("again") or "inline") == "staged b"
+    assert calls == ["extract-ahead lni__b"]
+    assert ahead.start_next("loads lni__b") is None  # nothing due any more
+
+
+def test_only_one_extract_runs_ahead_and_an_extract_in_place_waits_for_it():
+    ahead, release, order = ExtractAhead(), threading.Event(), []
+
+    def slow() -> str:
+        release.wait(10)
+        order.append("b ahead")
+        return "b"
+
+    ahead.due("b", "lni__b", slow)
+    ahead.due("c", "lni__c", lambda: order.append("c") or "c")
+    assert ahead.start_next("loads lni__a") == "lni__b"
+    assert ahead.start_next("loads lni__x") is None  # b still running: c is not started beside it
+
+    in_place = threading.Thread(target=lambda: order.append(ahead.result("c", lambda: order.append("c in place") or "c")))
+    in_place.start()
+    in_place.join(0.3)
+    assert in_place.is_alive() and order == []  # c waits for b instead of extracting beside it
+    release.set()
+    in_place.join(10)
+    assert order == ["b ahead", "c in place", "c"]
+
+
+def test_a_failed_run_ahead_is_the_tasks_failure_and_a_retry_extracts_again():
+    ahead = ExtractAhead()
+
+    def broken() -> str:
+        raise RuntimeError("lni__b: source databridge: table gis_ahead.b not found")
+
+    ahead.due("b", "lni__b", broken)
+    ahead.start_next("loads lni__a")
+    with pytest.raises(RuntimeError, match="table gis_ahead.b not found"):
+        ahead.result("b", lambda: "must not run")
+    assert ahead.result("b", lambda: "retried") == "retried"
+
+
+def _start_next_in_child(ahead: ExtractAhead, answer: "multiprocessing.Queue[object]") -> None:
+    answer.put(ahead.start_next("loads lni__a"))
+
+
+def test_a_forked_task_process_never_runs_its_parents_extracts():
+    ahead = ExtractAhead()
+    ahead.due("b", "lni__b", lambda: "b")
+    context = multiprocessing.get_context("fork")  # as luigi --workers N starts task processes
+    answer = context.Queue()
+    child = context.Process(target=_start_next_in_child, args=(ahead, answer))
+    child.start()
+    child.join(20)
+    assert answer.get(timeout=5) is None
+    assert ahead.start_next("loads lni__a") == "lni__b"  # still due here, in the process that found it due
+
+
+# --- through luigi, one worker ------------------------------------------------------------------------------
+
+def _three_datasets(pipeline, monkeypatch, missing: str = "") -> None:
+    fixed = datetime(2026, 11, 24, 12, tzinfo=timezone.utc)
+    monkeypatch.setattr(schedule, "utc_now", lambda: fixed)
+    for name in ("a", "b", "c"):
+        if name != missing:
+            make_points_table(pipeline, "gis_ahead", name, 200 + ord(name))
+        pipeline.config(f"lni__{name}", DAILY % name)
+    pipeline.source(f"DROP TABLE IF EXISTS gis_ahead.{missing or 'none'}")
+
+
+def _extract_threads(caplog) -> dict[str, str]:
+    """dataset → the thread its extract read its rows on (the SQL source's "extracted N rows" line)."""
+    return {r.getMessage().split(":")[0]: r.threadName for r in caplog.records
+            if r.name == "databridge_luigi.sources.sql" and ": extracted " in r.getMessage()}
+
+
+def test_with_one_worker_each_next_extract_runs_while_the_previous_load_runs(pipeline, monkeypatch, caplog):
+    _three_datasets(pipeline, monkeypatch)
+    caplog.set_level(logging.INFO, logger="databridge_luigi")
+
+    assert pipeline.run(PublishAll()).ok
+
+    for name in ("a", "b", "c"):
+        assert pipeline.dest(f"SELECT count(*) FROM {name}")[0][0] == 200 + ord(name)
+    threads = _extract_threads(caplog)
+    assert sorted(threads) == ["lni__a", "lni__b", "lni__c"]
+    assert sorted(t.startswith("extract-ahead") for t in threads.values()) == [False, True, True]  # the first one cannot be
+    messages = [(r.created, r.getMessage()) for r in caplog.records]
+    for started, message in messages:
+        if "extracting ahead, while this worker loads" in message:
+            loading = message.rsplit(" ", 1)[1]
+            published = [t for t, m in messages if m.startswith(f"{loading}: published ")]
+            assert published and started < published[0], message  # started during that load, not after it
+
+
+def test_extract_ahead_can_be_turned_off(pipeline, monkeypatch, caplog):
+    _three_datasets(pipeline, monkeypatch)
+    caplog.set_level(logging.INFO, logger="databridge_luigi")
+    config = luigi.configuration.get_config()
+    config.set("databridge", "extract_ahead", "false")
+    try:
+        assert pipeline.run(PublishAll()).ok
+    finally:
+        config.remove_option("databridge", "extract_ahead")
+    assert sorted(_extract_threads(caplog).values()) == ["MainThread"] * 3
+
+
+def test_an_extract_that_fails_ahead_fails_its_own_task_with_its_own_error(pipeline, monkeypatch, caplog):
+    _three_datasets(pipeline, monkeypatch, missing="b")
+    caplog.set_level(logging.INFO, logger="databridge_luigi")
+
+    run = pipeline.run(PublishAll())
+
+    assert not run.ok
+    assert pipeline.dest("SELECT count(*) FROM a")[0][0] == 200 + ord("a")
+    assert pipeline.dest("SELECT count(*) FROM c")[0][0] == 200 + ord("c")
+    assert pipeline.dest("SELECT to_regclass('public.b')")[0][0] is None
+    assert any(r.getMessage().startswith("lni__b: extracting ahead") for r in caplog.records)  # it failed on the thread
+    failures = [r for r in runs.read(open_store(pipeline.staging), "lni__b") if r.outcome == "failed"]
+    assert [r.step for r in failures] == ["Extract"]  # once, reported by the task that ran ahead
+    assert failures[0].error == "lni__b: source table gis_ahead.b not found or has no columns"

@@ -10,6 +10,7 @@ leaves the live table as it was; a statement timeout stops both streams promptly
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -294,3 +295,65 @@ def test_sigterm_during_a_parallel_copy_cancels_both_copies_on_the_server(tmp_pa
     assert "stopped by SIGTERM" in loader.output()
     assert case.live() == before and case.shadows() == [] and case.leases() == []
     assert [m[0] for m in markers(dest_dsn, case.dataset_id)] == [V_A]
+
+
+# --- the table a COPY fills, created in the COPY's own transaction -----------------------------------------
+
+CREATE_NEW = "CREATE TABLE public.t_new (id integer, note text)"
+COPY_NEW = COPY.replace("public.t ", "public.t_new ")
+
+
+def _asking_at_first_read(staged: StagedTable, dsn: str, answers: list[bool]) -> None:
+    """While the COPY reads the staged CSV, another session asks whether public.t_new exists (once)."""
+    original = staged.open_csv
+
+    @contextlib.contextmanager
+    def open_csv():  # type: ignore[no-untyped-def]
+        with original() as data:
+            class Reader:
+                def read(self, size: int = -1) -> bytes:
+                    if not answers:
+                        with psycopg.connect(dsn, autocommit=True) as other:
+                            answers.append(other.execute("SELECT to_regclass('public.t_new') IS NOT NULL").fetchone()[0])
+                    return data.read(size)
+            yield Reader()
+
+    staged.open_csv = open_csv  # type: ignore[method-assign]
+
+
+def test_the_table_a_copy_fills_is_seen_by_no_one_until_the_copy_commits(tmp_path, dest):
+    dsn, conn = dest
+    staged, answers = _staged(tmp_path, 300), []
+    _asking_at_first_read(staged, dsn, answers)
+    transport = PostgisTransport("dest", dsn)
+    try:
+        assert transport.copy_in(COPY_NEW, staged, create=CREATE_NEW) == 300
+    finally:
+        transport.close()
+    assert answers == [False]  # mid-COPY, another session saw no table
+    assert conn.execute("SELECT count(*) FROM t_new").fetchone()[0] == 300
+
+
+def test_a_copy_that_fails_leaves_no_table_behind(tmp_path, dest):
+    dsn, conn = dest
+    transport = PostgisTransport("dest", dsn)
+    try:
+        with pytest.raises(PostgisError, match="invalid input syntax for type integer"):
+            transport.copy_in(COPY_NEW, _staged(tmp_path, 300), create=CREATE_NEW.replace("note text", "note integer"))
+    finally:
+        transport.close()
+    assert conn.execute("SELECT to_regclass('public.t_new')").fetchone()[0] is None
+
+
+def test_over_two_connections_the_table_is_created_and_committed_first(tmp_path, dest, parallel):
+    dsn, conn = dest
+    staged, answers = _staged(tmp_path, 300), []
+    _asking_at_first_read(staged, dsn, answers)
+    transport = PostgisTransport("dest", dsn)
+    try:
+        assert transport.copy_in(COPY_NEW, staged, create=CREATE_NEW) == 300
+        assert len(transport.copy_streams) == 2
+    finally:
+        transport.close()
+    assert answers == [True]  # the second connection must see it: it exists before the rows
+    assert conn.execute("SELECT count(*) FROM t_new").fetchone()[0] == 300

@@ -189,7 +189,9 @@ class CartoTransport:
         Batch SQL API job (same text, same single transaction; e.g. a replace or merge of a large table)."""
         self.long_query("BEGIN; " + "; ".join(s.rstrip().rstrip(";") for s in statements) + "; COMMIT;")
 
-    def copy_in(self, copy_statement: str, staged: StagedTable) -> int:
+    def copy_in(self, copy_statement: str, staged: StagedTable, create: str | None = None) -> int:
+        if create is not None:  # the COPY API is a request of its own: no transaction spans the two
+            self.query(create)
         path = self._path + "/copyfrom"
 
         def send() -> requests.Response:

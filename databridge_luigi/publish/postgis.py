@@ -118,9 +118,12 @@ class PostgisTransport:
         except psycopg.Error as exc:
             raise self._error("; ".join(statements), exc) from None
 
-    def copy_in(self, copy_statement: str, staged: StagedTable) -> int:
+    def copy_in(self, copy_statement: str, staged: StagedTable, create: str | None = None) -> int:
         conn = self._connection()
         if staged.manifest().csv_bytes >= PARALLEL_COPY_MIN_BYTES:
+            if create is not None:  # the second connection must see the table: created and committed first
+                self.query(create)
+                create = None
             rows = self._copy_parallel(conn, copy_statement, staged)
             if rows is not None:
                 self.copy_streams = tuple(rows)
@@ -128,6 +131,8 @@ class PostgisTransport:
                 return sum(rows)
         try:
             with conn.transaction(), conn.cursor() as cursor:
+                if create is not None:
+                    self._execute(cursor, create)
                 with cursor.copy(copy_statement.encode()) as copy, staged.open_csv() as data:
                     while chunk := data.read(COPY_CHUNK):
                         copy.write(chunk)
@@ -185,6 +190,13 @@ class PostgisTransport:
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
+
+    def _execute(self, cursor: psycopg.Cursor[dict[str, Any]], statement: str) -> None:
+        """One statement inside a larger one's transaction, failing with its own text in the error."""
+        try:
+            cursor.execute(statement.encode())
+        except psycopg.Error as exc:
+            raise self._error(statement, exc) from None
 
     def _error(self, statement: str, exc: psycopg.Error) -> PostgisError:
         first_line = statement.strip().splitlines()[0][:200]

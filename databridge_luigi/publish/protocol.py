@@ -198,11 +198,10 @@ class Loader:
 
     def _build_shadow(self, staged: StagedTable, table_schema: TableSchema, expected: int, live_exists: bool,
                       unlogged: bool = False) -> None:
-        self.status(f"{self.dataset.id}: creating {self.shadow}")
-        self.transport.query(sql.create_table(self.schema, self.shadow, table_schema, unlogged))
-        self.status(f"{self.dataset.id}: copying {expected} rows into {self.shadow}")
+        self.status(f"{self.dataset.id}: copying {expected} rows into a new {self.shadow}")
         try:
-            copied = self.transport.copy_in(sql.copy_from_stdin(self.schema, self.shadow, table_schema.names), staged)
+            copied = self.transport.copy_in(sql.copy_from_stdin(self.schema, self.shadow, table_schema.names), staged,
+                                            create=sql.create_table(self.schema, self.shadow, table_schema, unlogged))
         except Exception as exc:
             if _timed_out(exc):
                 raise LoadError(f"{self.dataset.id}: COPY into {self.where()} {self._explain(exc)}, live table unchanged") from exc

@@ -4,6 +4,7 @@
     .venv/bin/python bench/cpu.py                      # 1M rows, 3 runs each, interleaved
     .venv/bin/python bench/cpu.py --rows 100000 --repeats 1
     .venv/bin/python bench/cpu.py --many 100           # 100 datasets of 10k rows: the shell loop against PublishAll
+    .venv/bin/python bench/cpu.py --many 40 --slow-source 0.2   # the same from a source 200 ms away per query
 
 Runs floor, floor + GiST + ANALYZE and ours (PostGIS, S3 staging on moto and local-directory staging) from
 bench/run.py on the same generated table, each after a CHECKPOINT, and reads the machine's busy CPU seconds from
@@ -47,13 +48,16 @@ def one_table_contestants(bench: bench_run.Bench, rows: int) -> dict[str, Contes
     }
 
 
-def many_contestants(bench: bench_run.Bench, datasets: int) -> dict[str, Contestant]:
-    """Each repeat publishes new tables (tags carry the repeat's number): every run is a first publish."""
+def many_contestants(bench: bench_run.Bench, datasets: int, wait: float = 0.0) -> dict[str, Contestant]:
+    """Each repeat publishes new tables (tags carry the repeat's number): every run is a first publish. ``wait``:
+    read a view that waits that long per query (``Bench.slow_source``) instead of the table."""
+    source = bench.slow_source(10_000, wait) if wait else None
     return {
-        "floor + GiST + ANALYZE": lambda r: bench.many_floor(datasets, 10_000, f"cpufloor{r}"),
-        "ours, PublishAll --workers 1 (local staging)": lambda r: bench.many_ours(datasets, 10_000, f"cpu{r}", "local", 1),
-        "ours, PublishAll --workers 1, no extract ahead": lambda r: bench.many_ours(datasets, 10_000, f"cpu{r}", "local", 1, extract_ahead=False),
-        "ours, PublishAll --workers 2 (local staging)": lambda r: bench.many_ours(datasets, 10_000, f"cpu{r}", "local", 2),
+        "floor + GiST + ANALYZE": lambda r: bench.many_floor(datasets, 10_000, f"cpufloor{r}", source),
+        "ours, PublishAll --workers 1 (local staging)": lambda r: bench.many_ours(datasets, 10_000, f"cpu{r}", "local", 1, source=source),
+        "ours, PublishAll --workers 1, no extract ahead": lambda r: bench.many_ours(datasets, 10_000, f"cpu{r}", "local", 1,
+                                                                                      extract_ahead=False, source=source),
+        "ours, PublishAll --workers 2 (local staging)": lambda r: bench.many_ours(datasets, 10_000, f"cpu{r}", "local", 2, source=source),
     }
 
 
@@ -62,10 +66,12 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--many", type=int, default=0, help="instead: this many datasets of 10k rows (per-dataset fixed cost)")
+    parser.add_argument("--slow-source", type=float, default=0.0, metavar="SECONDS",
+                        help="with --many: each source query first waits this long (a warehouse far away on the network)")
     args = parser.parse_args()
     bench = bench_run.Bench(Path(tempfile.mkdtemp(prefix="dbl-cpu-")))
     try:
-        contestants = many_contestants(bench, args.many) if args.many else one_table_contestants(bench, args.rows)
+        contestants = many_contestants(bench, args.many, args.slow_source) if args.many else one_table_contestants(bench, args.rows)
         runs: dict[str, list[tuple[float, float]]] = {name: [] for name in contestants}
         for repeat in range(args.repeats):
             for name, contestant in contestants.items():

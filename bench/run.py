@@ -335,10 +335,21 @@ class Bench:
             self.make_table(rows)
         return table
 
-    def many_ours(self, datasets: int, rows: int, tag: str, staging: str, workers: int, extract_ahead: bool = True) -> Result:
-        """``PublishAll`` over ``datasets`` new datasets (tables ``<tag>…``), nothing staged yet: every one extracted and
-        loaded. ``extract_ahead=False``: luigi.cfg ``[databridge] extract_ahead = false`` (one worker's extracts in turn)."""
+    def slow_source(self, rows: int, seconds: float) -> str:
+        """A view of the small table whose every query first waits ``seconds``: a source far away on the network
+        (the warehouse in another data centre), which costs time but no CPU here."""
         table = self.small_table(rows)
+        view = f"{table}_wait{round(seconds * 1000)}ms"
+        self._sql(self.src, f"CREATE OR REPLACE VIEW bench.{view} AS SELECT t.* FROM bench.{table} t, "
+                            f"(SELECT pg_sleep({seconds:g})) AS wait")
+        return view
+
+    def many_ours(self, datasets: int, rows: int, tag: str, staging: str, workers: int, extract_ahead: bool = True,
+                  source: str | None = None) -> Result:
+        """``PublishAll`` over ``datasets`` new datasets (tables ``<tag>…``), nothing staged yet: every one extracted and
+        loaded. ``extract_ahead=False``: luigi.cfg ``[databridge] extract_ahead = false`` (one worker's extracts in turn).
+        ``source``: read this table or view of schema bench instead of the small table (e.g. ``slow_source``)."""
+        table = source or self.small_table(rows)
         prefix = f"{tag}{staging.lower()}w{workers}{'' if extract_ahead else 'serial'}"
         config = self.config(f"cfg_{prefix}", {f"{prefix}__t{i:03d}": table for i in range(datasets)})
         for path in config.rglob("*.yml"):  # each dataset its own destination table
@@ -356,9 +367,9 @@ class Bench:
         return Result(f"{datasets} datasets × {rows // 1000}k rows: ours PublishAll --workers {workers} ({staging} staging{serial})",
                       datasets, seconds, peak)
 
-    def many_floor(self, datasets: int, rows: int, tag: str) -> Result:
+    def many_floor(self, datasets: int, rows: int, tag: str, source: str | None = None) -> Result:
         """The shell loop a data engineer would write: per dataset a psql pipe, then GiST and ANALYZE."""
-        table = self.small_table(rows)
+        table = source or self.small_table(rows)
         script = self.workdir / f"{tag}_loop.sh"
         script.write_text("set -e\n" + "".join(
             f"psql '{self.src}' -qc \"\\copy ({FLOOR_SELECT.format(table=table)}) TO STDOUT\" | "

@@ -321,15 +321,22 @@ def _asking_at_first_read(staged: StagedTable, dsn: str, answers: list[bool]) ->
     staged.open_csv = open_csv  # type: ignore[method-assign]
 
 
-def test_the_table_a_copy_fills_is_seen_by_no_one_until_the_copy_commits(tmp_path, dest):
-    dsn, conn = dest
+def _copy_new_table(tmp_path, dsn: str) -> tuple[list[bool], tuple[int, ...]]:
+    """COPY 300 staged rows into public.t_new, created by copy_in; returns whether another session saw the table
+    at the COPY's first read, and the rows each connection carried."""
     staged, answers = _staged(tmp_path, 300), []
     _asking_at_first_read(staged, dsn, answers)
     transport = PostgisTransport("dest", dsn)
     try:
         assert transport.copy_in(COPY_NEW, staged, create=CREATE_NEW) == 300
+        return answers, transport.copy_streams
     finally:
         transport.close()
+
+
+def test_the_table_a_copy_fills_is_seen_by_no_one_until_the_copy_commits(tmp_path, dest):
+    dsn, conn = dest
+    answers, _ = _copy_new_table(tmp_path, dsn)
     assert answers == [False]  # mid-COPY, another session saw no table
     assert conn.execute("SELECT count(*) FROM t_new").fetchone()[0] == 300
 
@@ -347,13 +354,7 @@ def test_a_copy_that_fails_leaves_no_table_behind(tmp_path, dest):
 
 def test_over_two_connections_the_table_is_created_and_committed_first(tmp_path, dest, parallel):
     dsn, conn = dest
-    staged, answers = _staged(tmp_path, 300), []
-    _asking_at_first_read(staged, dsn, answers)
-    transport = PostgisTransport("dest", dsn)
-    try:
-        assert transport.copy_in(COPY_NEW, staged, create=CREATE_NEW) == 300
-        assert len(transport.copy_streams) == 2
-    finally:
-        transport.close()
+    answers, streams = _copy_new_table(tmp_path, dsn)
+    assert len(streams) == 2
     assert answers == [True]  # the second connection must see it: it exists before the rows
     assert conn.execute("SELECT count(*) FROM t_new").fetchone()[0] == 300

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import signal
 import threading
+import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import luigi.configuration
 import pytest
@@ -15,6 +19,7 @@ from databridge_luigi import runs
 from databridge_luigi.ahead import ExtractAhead
 from databridge_luigi.staging import open_store
 from databridge_luigi.tasks import PublishAll
+from tests.killing import Worker, wait_for
 from tests.pipeline import make_points_table
 
 DAILY = """\
@@ -151,3 +156,31 @@ def test_an_extract_that_fails_ahead_fails_its_own_task_with_its_own_error(pipel
     failures = [r for r in runs.read(open_store(pipeline.staging), "lni__b") if r.outcome == "failed"]
     assert [r.step for r in failures] == ["Extract"]  # once, reported by the task that ran ahead
     assert failures[0].error == "lni__b: source table gis_ahead.b not found or has no columns"
+
+
+def test_sigterm_while_an_extract_runs_ahead_stops_the_worker_at_once(pipeline, monkeypatch, tmp_path):
+    """The thread is a daemon: a worker stopped (as Batch and systemd stop it) while an extract runs ahead exits
+    at once instead of waiting for the source, and nothing of that extract is staged."""
+    _three_datasets(pipeline, monkeypatch)
+    pipeline.source("CREATE OR REPLACE VIEW gis_ahead.a_slow AS SELECT t.* FROM gis_ahead.a t, (SELECT pg_sleep(120)) AS wait")
+    pipeline.config("lni__a", DAILY % "a_slow")
+    env = dict(os.environ, DATABRIDGE_CONFIG_DIR=str(pipeline.config_dir), DATABRIDGE_STAGING=pipeline.staging,
+               DATABRIDGE_CONN_DATABRIDGE=pipeline.source_dsn, DATABRIDGE_CONN_CARTO_PHL=pipeline.dest_dsn)
+    worker = Worker(env, "PublishAll", log_path=tmp_path / "worker.log")
+    try:
+        wait_for("lni__a extracting ahead", lambda: "lni__a: extracting ahead" in worker.output(), worker)
+        wait_for("the source's query", lambda: pipeline.source(
+            "SELECT 1 FROM pg_stat_activity WHERE query LIKE '%a_slow%' AND state = 'active' AND pid <> pg_backend_pid()"), worker)
+        stopped = time.monotonic()
+        worker.proc.send_signal(signal.SIGTERM)
+        code = worker.wait(60)
+        assert time.monotonic() - stopped < 20, "the worker waited for the extract running ahead"
+        assert code != 0
+    finally:
+        if worker.alive():
+            worker.kill()
+        pipeline.source("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%a_slow%' AND pid <> pg_backend_pid()")
+    published = [name for name in ("a", "b", "c") if pipeline.dest(f"SELECT to_regclass('public.{name}')")[0][0]]
+    assert "a" not in published and published  # the loads before the signal went through
+    manifests = {path.relative_to(pipeline.staging).parts[0] for path in Path(pipeline.staging).rglob("manifest.json")}
+    assert {f"lni__{name}" for name in published} <= manifests and "lni__a" not in manifests

@@ -33,8 +33,12 @@ class ExtractAhead:
     """Extracts due in this process, keyed by luigi task id: each run once, ahead or in place."""
 
     def __init__(self) -> None:
+        self._start_empty()
+        # A task process luigi forks (--workers N) starts empty: the parent's list and threads are not its own.
+        os.register_at_fork(after_in_child=self._start_empty)
+
+    def _start_empty(self) -> None:
         self._lock = threading.Lock()
-        self._pid = os.getpid()
         self._due: dict[str, tuple[str, Work]] = {}  # task id → (label for the log, the extract); insertion order
         self._ahead: dict[str, Future[Any]] = {}  # task id → its run ahead, until luigi's run of it takes it
         self._running: Future[Any] | None = None  # the run ahead still going on, if any
@@ -42,15 +46,13 @@ class ExtractAhead:
     def due(self, key: str, label: str, work: Work) -> None:
         """``key``'s extract is to run in this luigi run (its completion check found it missing)."""
         with self._lock:
-            self._own_process()
             if key not in self._ahead:
                 self._due[key] = (label, work)
 
     def start_next(self, while_doing: str) -> str | None:
         """Start the first due extract on a thread, unless one is running already; returns its label."""
         with self._lock:
-            self._own_process()
-            if self._running is not None and not self._running.done() or not self._due:
+            if (self._running is not None and not self._running.done()) or not self._due:
                 return None
             key = next(iter(self._due))
             label, work = self._due.pop(key)
@@ -63,7 +65,6 @@ class ExtractAhead:
     def result(self, key: str, work: Work) -> Any:
         """``key``'s extract: the outcome of its run ahead (waited for), or ``work()`` run here and now."""
         with self._lock:
-            self._own_process()
             self._due.pop(key, None)
             run = self._ahead.pop(key, None)  # taken once: a retry of a failed extract runs it again
             running = self._running
@@ -78,11 +79,6 @@ class ExtractAhead:
         found due is not the next run's."""
         with self._lock:
             self._due, self._ahead, self._running = {}, {}, None
-
-    def _own_process(self) -> None:
-        """In a task process luigi forked, the parent's list and threads are not ours: start empty."""
-        if self._pid != os.getpid():
-            self._pid, self._due, self._ahead, self._running = os.getpid(), {}, {}, None
 
 
 def _fill(run: Future[Any], work: Work) -> None:

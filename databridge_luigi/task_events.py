@@ -31,7 +31,8 @@ def _run_store():  # type: ignore[no-untyped-def]
 
 @DatasetTask.event_handler(luigi.Event.PROCESSING_TIME)
 def _remember_seconds(task: DatasetTask, seconds: float) -> None:
-    task._seconds = float(seconds)
+    # An extract run ahead (ahead.py) took its time before luigi ran the task, which then only waited for it.
+    task._seconds = float(getattr(task, "seconds_ahead", None) or seconds)
 
 
 @DatasetTask.event_handler(luigi.Event.SUCCESS)

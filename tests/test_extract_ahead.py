@@ -17,6 +17,7 @@ import pytest
 import databridge_luigi.schedule as schedule
 from databridge_luigi import runs
 from databridge_luigi.ahead import ExtractAhead
+from databridge_luigi.publish import sql
 from databridge_luigi.staging import open_store
 from databridge_luigi.tasks import PublishAll
 from tests.killing import Worker, wait_for
@@ -184,3 +185,21 @@ def test_sigterm_while_an_extract_runs_ahead_stops_the_worker_at_once(pipeline, 
     assert "a" not in published and published  # the loads before the signal went through
     manifests = {path.relative_to(pipeline.staging).parts[0] for path in Path(pipeline.staging).rglob("manifest.json")}
     assert {f"lni__{name}" for name in published} <= manifests and "lni__a" not in manifests
+
+
+def test_the_run_record_of_a_stage_only_extract_run_ahead_has_the_extracts_own_time(pipeline, monkeypatch):
+    """luigi times only the Extract's run(), which for an extract run ahead is the wait for it; the run record (the
+    morning view's duration of a stage-only dataset) takes the extract's own time."""
+    _three_datasets(pipeline, monkeypatch)
+    pipeline.source("CREATE OR REPLACE VIEW gis_ahead.a_slow AS SELECT t.* FROM gis_ahead.a t, (SELECT pg_sleep(0.3)) AS wait")
+    pipeline.config("lni__a", (DAILY % "a_slow").replace("upload_to_carto: true", "upload_to_carto: false"))
+    # b's load waits ~2.5 s for a lease another host holds, so a's extract (~1 s) is done before luigi asks for it
+    pipeline.dest(sql.create_lease_table("public"))
+    pipeline.dest("INSERT INTO databridge_luigi_leases VALUES ('public.b', 'lni__b', 'other', 'elsewhere', 1, 'elsewhere|x|1|1', "
+                  "'b__shadow_other', now(), clock_timestamp() + interval '2.5 seconds')")
+
+    assert pipeline.run(PublishAll()).ok
+
+    done = [r for r in runs.read(open_store(pipeline.staging), "lni__a") if r.outcome == "done"]
+    assert [r.step for r in done] == ["Extract"]
+    assert done[0].seconds is not None and done[0].seconds >= 0.9, done[0]  # three queries of the view, 0.3 s each

@@ -99,6 +99,7 @@ def test_a_forked_task_process_never_runs_its_parents_extracts():
 def _three_datasets(pipeline, monkeypatch, missing: str = "") -> None:
     fixed = datetime(2026, 11, 24, 12, tzinfo=timezone.utc)
     monkeypatch.setattr(schedule, "utc_now", lambda: fixed)
+    pipeline.source("DROP VIEW IF EXISTS gis_ahead.a_slow")  # another test's slow view over table a
     for name in ("a", "b", "c"):
         if name != missing:
             make_points_table(pipeline, "gis_ahead", name, 200 + ord(name))

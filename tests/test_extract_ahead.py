@@ -204,3 +204,20 @@ def test_the_run_record_of_a_stage_only_extract_run_ahead_has_the_extracts_own_t
     done = [r for r in runs.read(open_store(pipeline.staging), "lni__a") if r.outcome == "done"]
     assert [r.step for r in done] == ["Extract"]
     assert done[0].seconds is not None and done[0].seconds >= 0.9, done[0]  # three queries of the view, 0.3 s each
+
+
+def test_an_incremental_extract_is_never_run_ahead(pipeline, monkeypatch, caplog):
+    """It reads the version its destination holds, on the connection the load running beside it would be using."""
+    _three_datasets(pipeline, monkeypatch)
+    pipeline.source("ALTER TABLE gis_ahead.b ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now() - interval '2 hours'")
+    pipeline.config("lni__b", (DAILY % "b").rstrip(" ") + "    primary_key: [objectid]\n"
+                    "    change_signal: {column: updated_at, settle_seconds: 60, incremental: true}\n")
+    caplog.set_level(logging.INFO, logger="databridge_luigi")
+
+    assert pipeline.run(PublishAll()).ok
+
+    threads = _extract_threads(caplog)
+    assert threads["lni__b"] == "MainThread"
+    assert threads["lni__a"].startswith("extract-ahead") or threads["lni__c"].startswith("extract-ahead")
+    for name in ("a", "b", "c"):
+        assert pipeline.dest(f"SELECT count(*) FROM {name}")[0][0] == 200 + ord(name)

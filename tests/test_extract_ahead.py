@@ -157,7 +157,7 @@ def test_an_extract_that_fails_ahead_fails_its_own_task_with_its_own_error(pipel
     assert any(r.getMessage().startswith("lni__b: extracting ahead") for r in caplog.records)  # it failed on the thread
     failures = [r for r in runs.read(open_store(pipeline.staging), "lni__b") if r.outcome == "failed"]
     assert [r.step for r in failures] == ["Extract"]  # once, reported by the task that ran ahead
-    assert failures[0].error == "lni__b: source table gis_ahead.b not found or has no columns"
+    assert failures[0].error == "lni__b: source databridge: table gis_ahead.b not found or has no columns"
 
 
 def test_sigterm_while_an_extract_runs_ahead_stops_the_worker_at_once(pipeline, monkeypatch, tmp_path):

@@ -96,7 +96,7 @@ def test_source_table_and_schema_names_are_quoted_never_pasted(pipeline, victims
 
     # An injection attempt that names no real table only finds nothing.
     pipeline.config("ids__nothing", CONFIG + f"source: {{schema: public, table: \"victim\\\"; DROP TABLE public.victim; --\"}}\n")
-    with pytest.raises(ExtractError, match=r"ids__nothing: source table public\.victim\"; DROP TABLE public\.victim; -- not found"):
+    with pytest.raises(ExtractError, match=r"ids__nothing: source databridge: table public\.victim\"; DROP TABLE public\.victim; -- not found"):
         publish(pipeline, "ids__nothing", "v1")
 
 

@@ -186,7 +186,7 @@ def _only(dataset: Dataset, columns: list[SourceColumn], names: Sequence[str], a
 
 def _check_names(dataset: Dataset, columns: Sequence[SourceColumn]) -> None:
     if not columns:
-        raise ExtractError(f"{dataset.id}: source table {dataset.source_schema}.{dataset.source_table} not found or has no columns")
+        raise ExtractError(f"{dataset.id}: source {dataset.source_conn}: table {dataset.source_schema}.{dataset.source_table} not found or has no columns")
     seen: dict[str, str] = {}
     for column in columns:
         if not column.name or "\x00" in column.name or len(column.name.encode("utf-8")) > MAX_IDENTIFIER_BYTES:

@@ -115,19 +115,23 @@ class Extract(DatasetTask):
     def complete(self) -> bool:
         done = super().complete()
         if not done:
-            self._import_drivers()
-            self._may_run_ahead()
+            self._prepare_to_run()
         return done
 
-    def _may_run_ahead(self) -> None:
-        """Due in this run: a load of this process may start it on a thread (ahead.py). Not an incremental extract:
-        it reads the version its destination holds, on the connection the load would be using."""
+    def _prepare_to_run(self) -> None:
+        """About to run, in the scheduling process: import the source's drivers here, so that the task processes
+        luigi forks with --workers N inherit them, and let a load of this process start the extract ahead
+        (ahead.py) — not an incremental one: it reads the version its destination holds, on the connection the
+        load would be using. A dataset that cannot be found is run()'s error to report."""
+        from . import change  # noqa: F401  (run() reads the change signal with it)
         from .change.delta import incremental_column
+        from .sources import preload
 
         try:
             dataset = self.dataset
         except (KeyError, ConfigError):
             return
+        preload(dataset.kind)
         if settings().extract_ahead and incremental_column(dataset) is None:
             extracts.due(str(self.task_id), dataset.id, self._stage_ahead)
 
@@ -139,18 +143,6 @@ class Extract(DatasetTask):
             return self._stage(lambda *args, **kwargs: None)
         finally:
             self.seconds_ahead = time.monotonic() - started
-
-    def _import_drivers(self) -> None:
-        """About to run: import the source's drivers here, in the scheduling process, so that the task processes
-        luigi forks with --workers N inherit them. A dataset that cannot be found is run()'s error to report."""
-        from . import change  # noqa: F401  (run() reads the change signal with it)
-        from .sources import preload
-
-        try:
-            kind = self.dataset.kind
-        except (KeyError, ConfigError):
-            return
-        preload(kind)
 
     def run(self) -> None:
         self.show_log_link()

@@ -45,9 +45,9 @@ class DatasetTask(luigi.Task):
     dataset_id = luigi.Parameter(description="e.g. lni__violations")
     version = luigi.Parameter(description="e.g. 20261124T110400Z")
 
-    # Above the Publish wrappers (0), which do nothing but are a task process each with --workers N: a worker
-    # freed by a load takes the next load or extract first, instead of a wrapper sitting between two loads of
-    # one destination (~30 ms each). luigi raises a task's dependencies to its priority.
+    # Above the wrapper tasks (0: Publish, when several are asked for at once), which do nothing but are a task
+    # process each with --workers N: a worker freed by a load takes the next load or extract first, instead of
+    # a wrapper sitting between two loads of one destination. luigi raises a task's dependencies to its priority.
     priority = 10
 
     _last_status = 0.0
@@ -333,10 +333,15 @@ class Publish(luigi.WrapperTask):
         return version
 
     def requires(self) -> luigi.Task | list[luigi.Task]:
+        tasks = self.tasks()
+        return tasks[0] if len(tasks) == 1 else tasks
+
+    def tasks(self) -> list[luigi.Task]:
+        """The tasks that publish the dataset: its Load (or, stage-only, its staging task), and its LoadAgo."""
         dataset = registry().get(str(self.dataset_id))
         main = self._main_requirement(dataset)
         if dataset.ago is None:
-            return main
+            return [main]
         # ArcGIS Online is a destination of its own: a separate task, marker and resource slot.
         return [main, LoadAgo(dataset_id=dataset.id, version=self.resolved_version, force=bool(self.force))]
 
@@ -361,7 +366,9 @@ class PublishAll(luigi.WrapperTask):
         # A broken config file is a failed item of its own; every valid dataset is still published.
         broken = [BrokenConfig(path=path, dataset_id=dataset_id_for(registry().root, path) or Path(path).name)
                   for path in registry().broken_files()]
-        return [Publish(dataset_id=d.id) for d in self.datasets()] + broken
+        # Each dataset's own tasks, not a Publish wrapper per dataset: a wrapper is a task of its own, which with
+        # --workers N means a forked process and a destination connection only to ask what its Load knows.
+        return [task for d in self.datasets() for task in Publish(dataset_id=d.id).tasks()] + broken
 
     def complete(self) -> bool:
         started = time.monotonic()

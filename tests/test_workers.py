@@ -41,6 +41,9 @@ def test_three_workers_share_twelve_datasets(tmp_path, luigid, postgis_dsn):  # 
                 assert conn.execute(f"SELECT count(*) FROM t{i:02d}").fetchone()[0] == 100 + i
         done = api(luigid, "task_list", status="DONE", upstream_status="", search="")
         assert sum(1 for t in done.values() if t["name"] == "Load") == 12
+        # PublishAll requires each dataset's Load itself: no Publish wrapper per dataset (with several worker
+        # processes, each would be a forked process and a destination connection of its own).
+        assert {t["name"] for t in done.values()} == {"PublishAll", "Load", "Extract"}
         assert api(luigid, "task_list", status="FAILED", upstream_status="", search="") == {}
     finally:
         drop_database(dest)

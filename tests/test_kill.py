@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import psycopg
 import pytest
 
 from tests.conftest import create_postgis_database, drop_database
-from tests.killing import (Activity, Worker, digest, indexes, make_source_table, markers, run_luigi, table_exists,
+from tests.killing import (Activity, Worker, digest, indexes, make_source_table, markers, run_luigi, sql, table_exists,
                            tables_like, wait_for, write_config)
 
 VERSION_A = "20240101T000000Z"
@@ -184,6 +185,34 @@ def test_kill_during_extract_with_partial_local_staging(tmp_path, source_dsn, de
     assert not list(staging_dir.glob("data*.csv.gz")), "a half-written data file is visible under its final name"
     assert_consistent_after_kill(case, before)
     assert_converges(case, expect_extract=True)
+
+
+def test_sigterm_during_the_source_copy_cancels_it_on_the_server(tmp_path, source_dsn, dest_dsn):
+    """SIGTERM (how Batch and systemd stop a worker) while the source's COPY runs: the statement is cancelled on
+    the source at once, not left running until the server next writes to the closed socket, and nothing is staged."""
+    case = setup_case(tmp_path, source_dsn, dest_dsn, rows=1000)
+    before = old_digest(case)
+    # The COPY, and only the COPY (the row count runs before it), waits 120 s at its first row.
+    sql(source_dsn, "CREATE OR REPLACE FUNCTION public.wait_in_copy() RETURNS boolean LANGUAGE plpgsql VOLATILE AS "
+                    "$$BEGIN IF current_query() LIKE 'COPY%' THEN PERFORM pg_sleep(120); END IF; RETURN true; END$$")
+    sql(source_dsn, f"CREATE VIEW public.{case.source_table}_slow AS SELECT * FROM public.{case.source_table} WHERE public.wait_in_copy()")
+    config = next((tmp_path / "configs").rglob(f"{case.table}.yml"))
+    config.write_text(config.read_text().replace(f"table: {case.source_table}}}", f"table: {case.source_table}_slow}}"))
+    source = Activity(source_dsn)
+    try:
+        worker = case.start(VERSION_B)
+        copying = wait_for("the source's COPY", lambda: source.find("COPY (SELECT%_slow%"), worker)
+        os.kill(worker.pid, signal.SIGTERM)
+        assert worker.wait(30) != 0
+        wait_for("the source's COPY to stop", lambda: not source.conn.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND state = 'active'", (copying[0][0],)).fetchone(), deadline=5)
+    finally:
+        source.conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'COPY (SELECT%_slow%' "
+                            "AND pid <> pg_backend_pid()")
+        source.close()
+    assert "stopped by SIGTERM" in worker.output()
+    assert case.staged_manifest(VERSION_B) is None
+    assert old_digest(case) == before and [m[0] for m in markers(dest_dsn, case.dataset_id)] == [VERSION_A]
 
 
 def test_kill_mid_multipart_upload_to_s3(tmp_path, source_dsn, dest_dsn, moto_server):

@@ -7,6 +7,10 @@ exclusive create (never overwritten; S3 or a directory alike). A record holds th
 outcome (``failed`` / ``done``), time, seconds, one redacted error line, host, luigi task id and the log link;
 it never holds a connection URL (everything passes ``connections.redact``). Writing a record never fails or
 delays a task: a store that refuses it is logged once and left alone.
+
+Records are pruned: a finished run keeps its dataset's newest ``KEEP`` records and deletes the older ones (at
+most once an hour per dataset and process: one listing), so ``status`` — which lists a dataset's records to read
+its newest — costs the same after a year of runs every 15 minutes as on the first day.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import json
 import logging
 import os
 import socket
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -26,7 +31,10 @@ log = logging.getLogger(__name__)
 
 PREFIX = "_runs"
 ERROR_LIMIT = 300
+KEEP = 500  # per dataset: `status` reads the newest 50 records, `history` the newest 150
+PRUNE_EVERY_SECONDS = 3600.0
 _warned = False
+_pruned_at: dict[str, float] = {}  # dataset id → when this process last pruned its records (time.monotonic)
 
 
 @dataclass(frozen=True)
@@ -78,12 +86,38 @@ def record(store: Store, run: RunRecord) -> str | None:
     body["log_url"] = redact(body["log_url"])
     try:
         store.create_exclusive(key, json.dumps(body, sort_keys=True).encode())
-        return key
     except Exception as exc:  # a run record must never turn a result into another failure
         if not _warned:
             _warned = True
             log.warning("run record not written (%s): %s", key, one_line(f"{type(exc).__name__}: {exc}"))
         return None
+    if run.outcome == "done":
+        _prune_now_and_then(store, run.dataset_id)
+    return key
+
+
+def prune(store: Store, dataset_id: str, keep: int = KEEP) -> int:
+    """Delete all but the dataset's newest ``keep`` run records; return how many were deleted. Keys begin with
+    their UTC time, so the listing's order is their age; a record written meanwhile is newer than all of them."""
+    keys = store.list_prefix(f"{PREFIX}/{dataset_id}/")
+    old = keys[: max(0, len(keys) - keep)]
+    for key in old:
+        store.delete(key)
+    return len(old)
+
+
+def _prune_now_and_then(store: Store, dataset_id: str) -> None:
+    now = time.monotonic()
+    if now - _pruned_at.get(dataset_id, -PRUNE_EVERY_SECONDS) < PRUNE_EVERY_SECONDS:
+        return
+    _pruned_at[dataset_id] = now
+    try:
+        deleted = prune(store, dataset_id, KEEP)
+    except Exception as exc:  # the next run tries again; the records are only history
+        log.warning("%s: old run records not pruned: %s", dataset_id, one_line(f"{type(exc).__name__}: {exc}"))
+        return
+    if deleted:
+        log.info("%s: deleted %d old run records (keeping the newest %d)", dataset_id, deleted, KEEP)
 
 
 def new(dataset_id: str, step: str, version: str, outcome: str, *, seconds: float | None = None, error: str = "",

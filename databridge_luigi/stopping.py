@@ -12,7 +12,6 @@ its parent dies, and stops the same way.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import multiprocessing
 import os
@@ -25,6 +24,18 @@ from types import FrameType
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
+
+
+def _running_program() -> ctypes.CDLL | None:
+    """The running program's symbols, libc's among them, loaded once at import (in the worker, before luigi forks
+    its task processes): ``ctypes.util.find_library`` would run ``ldconfig`` in every task process, twice."""
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except (OSError, TypeError):  # no dlopen(NULL) here
+        return None
+
+
+_PROGRAM = _running_program()
 
 
 class Terminated(KeyboardInterrupt):
@@ -40,12 +51,9 @@ def _die_with_parent() -> None:
     parent = multiprocessing.parent_process()
     if parent is None:
         return
-    libc_name = ctypes.util.find_library("c")
-    if not libc_name:
-        return
     try:
-        ctypes.CDLL(libc_name, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
+        _PROGRAM.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # type: ignore[union-attr]
+    except AttributeError:  # no prctl (not Linux), or no program handle
         return
     if os.getppid() != parent.pid:  # the parent died before the request took effect
         raise Terminated("the worker process that started this task is gone")

@@ -9,6 +9,7 @@ one load at a time per destination unless raised), like the old system's one-slo
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -352,8 +353,20 @@ class Publish(luigi.WrapperTask):
                     accept_schema_change=bool(self.accept_schema_change))
 
 
+def new_run_name() -> str:
+    """A name for this process's run: its start (UTC) and a random suffix, e.g. ``20261206T141502Z-3f2a9c``."""
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
 class PublishAll(luigi.WrapperTask):
     """Publish every enabled, scheduled dataset whose due version is not yet published."""
+
+    # Each run's PublishAll is a task of its own in luigid. Under one id for every run, luigid ignored a run's
+    # claim that the wrapper is pending for 10 s after another run had finished it ([scheduler]
+    # stable_done_cooldown_secs): that run published its datasets, then exited 25 "not granted run permission",
+    # and so did a worker whose partner (another machine, the same luigid) ran the shared wrapper first. With its
+    # own, a worker runs it (exit 0) or leaves while others still run its datasets (exit 10, "already running").
+    run_name = luigi.Parameter(default=new_run_name(), description="names this run in luigid (default: its start and a random suffix)")
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)

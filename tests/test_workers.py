@@ -49,6 +49,39 @@ def test_three_workers_share_twelve_datasets(tmp_path, luigid, postgis_dsn):  # 
         drop_database(dest)
 
 
+def test_a_run_right_after_another_is_not_refused_by_luigid(tmp_path, luigid, postgis_dsn):  # noqa: F811
+    """Two PublishAll runs a few seconds apart on one luigid, the second with a new dataset due. luigid ignores a
+    claim that a task is pending for 10 s after it was done ([scheduler] stable_done_cooldown_secs): under one
+    task id for every run, the second run published its dataset and then exited 25, "PublishAll() was not
+    granted run permission" (a false alarm in the cron wrapper). Each run's PublishAll is now its own task."""
+    ensure_role("publicuser")
+    dest = create_postgis_database("dbl_back_to_back")
+    try:
+        with psycopg.connect(postgis_dsn, autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA IF NOT EXISTS gis_b2b")
+            for name in ("first", "second"):
+                conn.execute(f"DROP TABLE IF EXISTS gis_b2b.{name}")
+                conn.execute(f"CREATE TABLE gis_b2b.{name} AS SELECT g AS id FROM generate_series(1, 10) g")
+        env = dict(os.environ, DATABRIDGE_CONFIG_DIR=str(tmp_path / "configs"), DATABRIDGE_STAGING=str(tmp_path / "staging"),
+                   DATABRIDGE_CONN_DATABRIDGE=postgis_dsn, DATABRIDGE_CONN_CARTO_PHL=dest)
+        command = [LUIGI, "--module", "databridge_luigi", "PublishAll", "--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid)]
+        runs = []
+        for name in ("first", "second"):
+            path = tmp_path / "configs" / "databridge" / "b2b" / f"{name}.yml"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("schedule_interval: 0 * * * *\nupload_to_carto: true\ncarto_users: [publicuser]\n")
+            run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+            runs.append(run)
+            assert run.returncode == 0, run.stderr[-2000:]
+        assert "was not granted run permission" not in runs[1].stderr
+        with psycopg.connect(dest) as conn:
+            assert conn.execute("SELECT count(*) FROM second").fetchone()[0] == 10
+        done = api(luigid, "task_list", status="DONE", upstream_status="", search="PublishAll")
+        assert len(done) == 2, done  # one PublishAll per run, each named by its start and a random suffix
+    finally:
+        drop_database(dest)
+
+
 def test_the_scheduling_process_imports_the_drivers_of_an_extract_it_will_run(tmp_path):
     """With --workers N luigi forks a process per task: the drivers must already be imported in the process that
     forks, or every task process imports SQLAlchemy again (~0.4 s of CPU each). An extract already staged

@@ -127,7 +127,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for note, number in notes.items():
             print(f"[{number}] {note}")
     _report_broken(registry.problems, registry.root)
-    return 1 if notes or registry.problems else 0
+    due = [row[0] for row in rows[1:] if "DUE" in row[2] or "due" in row[2]]
+    if getattr(args, "check", False) and due:
+        print(f"\n{len(due)} dataset(s) due and not published yet: {', '.join(due)}")
+    return 1 if notes or registry.problems or (getattr(args, "check", False) and due) else 0
 
 
 def _ago_state(d: Dataset, version: str, state: str, notes: dict[str, int]) -> str:
@@ -234,7 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", parents=[common], help="check every config; names file, key and reason for each problem")
     validate.add_argument("dir", nargs="?")
     validate.set_defaults(func=cmd_validate)
-    sub.add_parser("plan", parents=[common], help="each dataset's due version and whether it is published").set_defaults(func=cmd_plan)
+    plan = sub.add_parser("plan", parents=[common], help="each dataset's due version and whether it is published")
+    plan.add_argument("--check", action="store_true", help="exit 1 also when a dataset's due version is not published yet "
+                      "(the cron wrapper's test after luigi's exit 25: did other workers publish the rest?)")
+    plan.set_defaults(func=cmd_plan)
 
     state = sub.add_parser("status", parents=[common], help="the morning view: each dataset's state, last publish, last failure, next run")
     state.add_argument("dataset_ids", nargs="*", metavar="DATASET_ID")

@@ -250,6 +250,21 @@ def test_plan_manual_disabled_and_stage_only(tmp_path):
     assert body["lni__violations"][1] == "unknown [1]"
 
 
+def test_plan_check_fails_while_a_due_version_is_not_published(tmp_path):
+    """The cron wrapper's test after luigi's exit 25: nothing due is unpublished → 0; one due → 1, named."""
+    write(tmp_path, "cfg/databridge/lni/by_hand.yml", "schedule_interval: false\n" + OK_BODY)
+    write(tmp_path, "cfg/databridge/lni/switched_off.yml", "schedule_interval: 4 11 * * *\nenabled: false\n" + OK_BODY)
+    env = {"DATABRIDGE_STAGING": str(tmp_path / "staging")}
+    nothing_due = run("--config-dir", "cfg", "plan", "--check", cwd=tmp_path, env=env)
+    assert nothing_due.returncode == 0, nothing_due.stdout + nothing_due.stderr
+    write(tmp_path, "cfg/databridge/commerce/koz_parcels.yml", "schedule_interval: 0 6 * * *\nupload_to_carto: false\n")
+    assert run("--config-dir", "cfg", "plan", cwd=tmp_path, env=env).returncode == 0  # without --check: a plan, not a verdict
+    due = run("--config-dir", "cfg", "plan", "--check", cwd=tmp_path, env=env)
+    assert due.returncode == 1, due.stdout + due.stderr
+    assert due.stdout.rstrip().endswith("1 dataset(s) due and not published yet: commerce__koz_parcels")
+    assert_no_traceback(due)
+
+
 def test_validate_rejects_a_cron_that_never_fires(tmp_path):
     # "0 5 30 2 *" passes validate today, and then `plan` dies with exit 2 (CroniterBadDateError) for the
     # whole tree; validate must catch it first.

@@ -15,25 +15,40 @@ LUIGI = str(Path(LUIGID).with_name("luigi"))
 
 
 def test_three_workers_share_twelve_datasets(tmp_path, luigid, postgis_dsn):  # noqa: F811
+    """Three cron wrappers standing for three machines (each its own lock and log; ``--no-lock``, since luigi's
+    pid lock would otherwise stop two of them at once on this one machine) on one luigid. Each source is a view
+    that waits 0.1 s per query, so no worker can take every dataset before the others start. Every dataset is
+    published exactly once; every wrapper exits 0 — a worker whose tasks others ran exits luigi's 25 ("not
+    granted run permission"), which the wrapper answers with ``databridge-luigi plan --check``."""
     ensure_role("publicuser")
     dest = create_postgis_database("dbl_workers")
     try:
         with psycopg.connect(postgis_dsn, autocommit=True) as conn:
             conn.execute("CREATE SCHEMA IF NOT EXISTS gis_ops")
             for i in range(12):
-                conn.execute(f"DROP TABLE IF EXISTS gis_ops.t{i:02d}")
-                conn.execute(f"CREATE TABLE gis_ops.t{i:02d} AS SELECT g AS id, 'row ' || g AS name FROM generate_series(1, {100 + i}) g")
+                conn.execute(f"DROP VIEW IF EXISTS gis_ops.t{i:02d}; DROP TABLE IF EXISTS gis_ops.t{i:02d}_rows")
+                conn.execute(f"CREATE TABLE gis_ops.t{i:02d}_rows AS SELECT g AS id, 'row ' || g AS name FROM generate_series(1, {100 + i}) g")
+                conn.execute(f"CREATE VIEW gis_ops.t{i:02d} AS SELECT r.* FROM gis_ops.t{i:02d}_rows r, (SELECT pg_sleep(0.1)) AS wait")
         for i in range(12):
             path = tmp_path / "configs" / "databridge" / "ops" / f"t{i:02d}.yml"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("schedule_interval: 0 * * * *\nupload_to_carto: true\ncarto_users: [publicuser]\n")
         env = dict(os.environ, DATABRIDGE_CONFIG_DIR=str(tmp_path / "configs"), DATABRIDGE_STAGING=str(tmp_path / "staging"),
-                   DATABRIDGE_CONN_DATABRIDGE=postgis_dsn, DATABRIDGE_CONN_CARTO_PHL=dest)
-        command = [LUIGI, "--module", "databridge_luigi", "PublishAll", "--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid)]
-        workers = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(3)]
-        outcomes = [(w.wait(timeout=240), w.stderr.read()) for w in workers]
-        for code, stderr in outcomes:
-            assert code in (0, 10), stderr[-2000:]  # 10: the remaining tasks were run by another worker
+                   DATABRIDGE_CONN_DATABRIDGE=postgis_dsn, DATABRIDGE_CONN_CARTO_PHL=dest, CRON_PUBLISH_STATUS_PAGE="off")
+        env.pop("DATABRIDGE_CONN_SLACK", None)
+        machines = [tmp_path / f"machine{m}" for m in range(3)]
+        workers = [subprocess.Popen([str(ROOT / "scripts" / "cron-publish.sh"), "--scheduler-host", "127.0.0.1",
+                                     "--scheduler-port", str(luigid), "--no-lock"], cwd=ROOT, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True,
+                                    env=dict(env, CRON_PUBLISH_LOCK=str(machine / "lock"), CRON_PUBLISH_LOG_DIR=str(machine / "log")))
+                   for machine in machines]
+        outcomes = [(w.wait(timeout=240), w.stdout.read() + w.stderr.read()) for w in workers]
+        logs = [next((machine / "log").glob("*.log")).read_text() for machine in machines]
+        for (code, output), log in zip(outcomes, logs):
+            assert code == 0, output + log[-3000:]
+            assert output.startswith("cron-publish: ok") or "already running (benign" in output, output
+        loaders = [log.count("running   Load(") for log in logs]
+        assert sum(loaders) == 12 and sum(1 for n in loaders if n) >= 2, loaders  # the work was shared
         with psycopg.connect(dest) as conn:
             markers = conn.execute("SELECT dataset_id, count(*) FROM databridge_luigi_publications GROUP BY 1 ORDER BY 1").fetchall()
             assert markers == [(f"ops__t{i:02d}", 1) for i in range(12)]
@@ -43,7 +58,7 @@ def test_three_workers_share_twelve_datasets(tmp_path, luigid, postgis_dsn):  # 
         assert sum(1 for t in done.values() if t["name"] == "Load") == 12
         # PublishAll requires each dataset's Load itself: no Publish wrapper per dataset (with several worker
         # processes, each would be a forked process and a destination connection of its own).
-        assert {t["name"] for t in done.values()} == {"PublishAll", "Load", "Extract"}
+        assert {t["name"] for t in done.values()} <= {"PublishAll", "Load", "Extract"}
         assert api(luigid, "task_list", status="FAILED", upstream_status="", search="") == {}
     finally:
         drop_database(dest)

@@ -109,6 +109,8 @@ def many_contestants(bench: bench_run.Bench, datasets: int, wait: float = 0.0) -
         "ours, PublishAll --workers 1, no extract ahead": lambda r: bench.many_ours(datasets, 10_000, f"cpu{r}", "local", 1,
                                                                                       extract_ahead=False, source=source),
         "ours, PublishAll --workers 2 (local staging)": lambda r: bench.many_ours(datasets, 10_000, f"cpu{r}", "local", 2, source=source),
+        "ours, 1 process × --workers 1 on one luigid": lambda r: bench.many_processes(datasets, 10_000, f"cpu{r}", 1, source=source),
+        "ours, 2 processes × --workers 1 on one luigid": lambda r: bench.many_processes(datasets, 10_000, f"cpu{r}", 2, source=source),
     }
 
 

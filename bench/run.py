@@ -38,6 +38,7 @@ import platform
 import statistics
 import stat
 import shutil
+import shlex
 import socket
 import subprocess
 import sys
@@ -158,6 +159,8 @@ def start_service(args: list[str]) -> tuple[subprocess.Popen, str]:
 class Bench:
     def __init__(self, workdir: Path):
         self.workdir = workdir
+        self.luigid: subprocess.Popen | None = None  # luigid_port() starts one when a contestant needs it
+        self.luigid_url = ""
         self.src = create_postgis_database("dbl_bench_src")
         self.dest = create_postgis_database("dbl_bench_dest")
         self.carto_db = create_postgis_database("dbl_bench_carto")
@@ -193,7 +196,7 @@ class Bench:
             conn.execute(statement)
 
     def close(self) -> None:
-        for process in (self.moto, self.carto):
+        for process in (self.moto, self.carto, *([self.luigid] if self.luigid else [])):
             process.terminate()
             process.wait(timeout=20)
         for dsn in (self.src, self.dest, self.carto_db):
@@ -349,12 +352,8 @@ class Bench:
         """``PublishAll`` over ``datasets`` new datasets (tables ``<tag>…``), nothing staged yet: every one extracted and
         loaded. ``extract_ahead=False``: luigi.cfg ``[databridge] extract_ahead = false`` (one worker's extracts in turn).
         ``source``: read this table or view of schema bench instead of the small table (e.g. ``slow_source``)."""
-        table = source or self.small_table(rows)
         prefix = f"{tag}{staging.lower()}w{workers}{'' if extract_ahead else 'serial'}"
-        config = self.config(f"cfg_{prefix}", {f"{prefix}__t{i:03d}": table for i in range(datasets)})
-        for path in config.rglob("*.yml"):  # each dataset its own destination table
-            path.write_text(path.read_text().replace(f"destination: {{table: {table}}}", f"destination: {{table: {prefix}_{path.stem}}}"))
-        env = self.env(config, self.dest)
+        env = self._many_env(datasets, rows, prefix, source)
         env["DATABRIDGE_STAGING"] = f"s3://bench/{prefix}" if staging == "S3" else str(self.workdir / prefix)
         if not extract_ahead:
             settings = self.workdir / "no_extract_ahead.cfg"
@@ -366,6 +365,49 @@ class Bench:
         serial = "" if extract_ahead else ", no extract ahead"
         return Result(f"{datasets} datasets × {rows // 1000}k rows: ours PublishAll --workers {workers} ({staging} staging{serial})",
                       datasets, seconds, peak)
+
+    def many_processes(self, datasets: int, rows: int, tag: str, processes: int, source: str | None = None) -> Result:
+        """``processes`` luigi processes of one worker each on one luigid (luigi's own way to share work between
+        workers; ``--no-lock``, as on as many machines), local staging: each keeps its sessions and extracts ahead.
+        luigi exits 25 in a worker whose tasks another ran, so 0, 10 and 25 count as done; the markers are checked."""
+        prefix = f"{tag}p{processes}"
+        env = self._many_env(datasets, rows, prefix, source)
+        env["DATABRIDGE_STAGING"] = str(self.workdir / prefix)
+        luigi = shlex.join([str(BIN / "luigi"), "--module", "databridge_luigi", "PublishAll", "--scheduler-host", "127.0.0.1",
+                            "--scheduler-port", str(self.luigid_port()), "--no-lock"])
+        script = (f"pids=; for i in $(seq {processes}); do ({luigi}; case $? in 0|10|25) ;; *) exit 1 ;; esac) & pids=\"$pids $!\"; done; "
+                  "rc=0; for pid in $pids; do wait $pid || rc=1; done; exit $rc")
+        self.settle()
+        seconds, peak = run_measured(["bash", "-c", script], env=env)
+        with psycopg.connect(self.dest, autocommit=True) as conn:
+            published = conn.execute("SELECT count(*) FROM databridge_luigi_publications WHERE dataset_id LIKE %s",
+                                     (f"{prefix}__%",)).fetchone()[0]
+        if published != datasets:
+            raise RuntimeError(f"{processes} worker processes published {published} of {datasets} datasets")
+        return Result(f"{datasets} datasets × {rows // 1000}k rows: ours PublishAll, {processes} processes × --workers 1 on one luigid "
+                      "(local staging)", datasets, seconds, peak)
+
+    def _many_env(self, datasets: int, rows: int, prefix: str, source: str | None) -> dict[str, str]:
+        """A config of ``datasets`` datasets named ``<prefix>__tNNN``, each reading the small table (or ``source``)
+        into its own destination table; the environment that runs it."""
+        table = source or self.small_table(rows)
+        config = self.config(f"cfg_{prefix}", {f"{prefix}__t{i:03d}": table for i in range(datasets)})
+        for path in config.rglob("*.yml"):  # each dataset its own destination table
+            path.write_text(path.read_text().replace(f"destination: {{table: {table}}}", f"destination: {{table: {prefix}_{path.stem}}}"))
+        return self.env(config, self.dest)
+
+    def luigid_port(self) -> int:
+        """A luigid for this bench (started on first use, stopped by close())."""
+        if self.luigid is None:
+            state = self.workdir / "luigid"
+            state.mkdir(exist_ok=True)
+            port = free_port()
+            self.luigid = subprocess.Popen([str(BIN / "luigid"), "--address", "127.0.0.1", "--port", str(port), "--state-path",
+                                            str(state / "state.pickle"), "--logdir", str(state)],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.luigid_url = f"http://127.0.0.1:{port}"
+            self._wait_for(f"{self.luigid_url}/api/task_list?data=%7B%7D")
+        return int(self.luigid_url.rsplit(":", 1)[1])
 
     def many_floor(self, datasets: int, rows: int, tag: str, source: str | None = None) -> Result:
         """The shell loop a data engineer would write: per dataset a psql pipe, then GiST and ANALYZE."""

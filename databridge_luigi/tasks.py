@@ -363,9 +363,9 @@ class PublishAll(luigi.WrapperTask):
 
     # Each run's PublishAll is a task of its own in luigid. Under one id for every run, luigid ignored a run's
     # claim that the wrapper is pending for 10 s after another run had finished it ([scheduler]
-    # stable_done_cooldown_secs): that run published its datasets, then exited 25 "not granted run permission",
-    # and so did a worker whose partner (another machine, the same luigid) ran the shared wrapper first. With its
-    # own, a worker runs it (exit 0) or leaves while others still run its datasets (exit 10, "already running").
+    # stable_done_cooldown_secs): that run published its datasets, then exited 25 "not granted run permission".
+    # (Workers sharing one run still exit 25 when others ran some of their tasks: luigi's own count, which the
+    # cron wrapper answers with `databridge-luigi plan --check`.)
     run_name = luigi.Parameter(default=new_run_name(), description="names this run in luigid (default: its start and a random suffix)")
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]

@@ -302,7 +302,23 @@ class LoadAgo(DatasetTask):
         self.status(f"{verb} {result.rows} rows to {result.where} in {result.seconds:.1f}s", 100)
 
 
-class Publish(luigi.WrapperTask):
+def new_run_name() -> str:
+    """A name for this process's run: its start (UTC) and a random suffix, e.g. ``20261206T141502Z-3f2a9c``."""
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+class RunWrapper(luigi.WrapperTask):
+    """A wrapper that is a task of its own in luigid for each run (process). Under one id for every run, luigid
+    ignored a run's claim that the wrapper is pending for 10 s after another run had finished it ([scheduler]
+    stable_done_cooldown_secs): that run published, then exited 25 "not granted run permission". (Workers
+    sharing one run still exit 25 when others ran some of their tasks: luigi's own count, which the cron wrapper
+    answers with ``databridge-luigi plan --check``.)"""
+
+    run_name = luigi.Parameter(default=new_run_name(), positional=False,
+                               description="names this run in luigid (default: its start and a random suffix)")
+
+
+class Publish(RunWrapper):
     """Publish one dataset at its due version (scheduled), a given ``--version``, or now (``--force``)."""
 
     dataset_id = luigi.Parameter()
@@ -353,20 +369,8 @@ class Publish(luigi.WrapperTask):
                     accept_schema_change=bool(self.accept_schema_change))
 
 
-def new_run_name() -> str:
-    """A name for this process's run: its start (UTC) and a random suffix, e.g. ``20261206T141502Z-3f2a9c``."""
-    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-
-
-class PublishAll(luigi.WrapperTask):
+class PublishAll(RunWrapper):
     """Publish every enabled, scheduled dataset whose due version is not yet published."""
-
-    # Each run's PublishAll is a task of its own in luigid. Under one id for every run, luigid ignored a run's
-    # claim that the wrapper is pending for 10 s after another run had finished it ([scheduler]
-    # stable_done_cooldown_secs): that run published its datasets, then exited 25 "not granted run permission".
-    # (Workers sharing one run still exit 25 when others ran some of their tasks: luigi's own count, which the
-    # cron wrapper answers with `databridge-luigi plan --check`.)
-    run_name = luigi.Parameter(default=new_run_name(), description="names this run in luigid (default: its start and a random suffix)")
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)

@@ -65,7 +65,8 @@ def test_three_workers_share_twelve_datasets(tmp_path, luigid, postgis_dsn):  # 
 
 
 def test_a_run_right_after_another_is_not_refused_by_luigid(tmp_path, luigid, postgis_dsn):  # noqa: F811
-    """Two PublishAll runs a few seconds apart on one luigid, the second with a new dataset due. luigid ignores a
+    """Two PublishAll runs a few seconds apart on one luigid, the second with a new dataset due, then two forced
+    Publish runs of one dataset. luigid ignores a
     claim that a task is pending for 10 s after it was done ([scheduler] stable_done_cooldown_secs): under one
     task id for every run, the second run published its dataset and then exited 25, "PublishAll() was not
     granted run permission" (a false alarm in the cron wrapper). Each run's PublishAll is now its own task."""
@@ -93,6 +94,14 @@ def test_a_run_right_after_another_is_not_refused_by_luigid(tmp_path, luigid, po
             assert conn.execute("SELECT count(*) FROM second").fetchone()[0] == 10
         done = api(luigid, "task_list", status="DONE", upstream_status="", search="PublishAll")
         assert len(done) == 2, done  # one PublishAll per run, each named by its start and a random suffix
+        # The same for one dataset republished now, twice in a row (each --force is a new version).
+        for _ in range(2):
+            forced = subprocess.run([LUIGI, "--module", "databridge_luigi", "Publish", "--dataset-id", "b2b__first", "--force",
+                                     "--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid)],
+                                    cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+            assert forced.returncode == 0, forced.stderr[-2000:]
+        with psycopg.connect(dest) as conn:
+            assert conn.execute("SELECT count(*) FROM databridge_luigi_publications WHERE dataset_id = 'b2b__first'").fetchone()[0] == 3
     finally:
         drop_database(dest)
 

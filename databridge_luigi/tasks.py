@@ -30,6 +30,7 @@ from .publish.protocol import Loader, LoadResult
 from .run_settings import (databridge, forget_settings, forget_staged_tables, load_settings, registry,  # noqa: F401
                            settings, staged_table)  # re-exported: callers and tests use tasks.<name>
 from .schedule import due_version, forced_version, parse_version
+from .status_line import StatusLine
 from .targets import PublishedTableTarget, StagedTableTarget
 
 if TYPE_CHECKING:
@@ -52,23 +53,26 @@ class DatasetTask(luigi.Task):
     priority = 10
 
     _last_status = 0.0
+    _status_line: StatusLine | None = None
 
     @property
     def dataset(self) -> Dataset:
         return registry().get(str(self.dataset_id))
 
     def status(self, message: str, percent: float | None = None, force: bool = True) -> None:
-        """Show progress in luigid, prefixed with the dataset id (luigid lists tasks, not datasets);
-        throttled because every update is an RPC."""
+        """Show progress in luigid, prefixed with the dataset id (luigid lists tasks, not datasets); throttled,
+        and quiet in the task's first second (status_line.py), because every update is an RPC."""
         now = time.monotonic()
         if not force and now - self._last_status < 2.0:
             return
         self._last_status = now
         self._keep_reporter()
+        if self._status_line is None:
+            self._status_line = StatusLine()
         prefix = f"{self.dataset_id}: "
-        self.set_status_message(redact(message if message.startswith(prefix) else prefix + message))
-        if percent is not None:
-            self.set_progress_percentage(min(100, round(percent)))
+        self._status_line.show(redact(message if message.startswith(prefix) else prefix + message),
+                               None if percent is None else min(100, round(percent)),
+                               self.set_status_message, self.set_progress_percentage)
 
     def _keep_reporter(self) -> None:
         # luigi forwards set_status_message only while run() runs; on_failure needs it afterwards.
@@ -95,6 +99,8 @@ class DatasetTask(luigi.Task):
         error, prefix = runs.error_line(exception), f"{self.dataset_id}: "
         line = f"{prefix}{self.get_task_family()} failed: {error.removeprefix(prefix)}"
         reporter = getattr(self, "_status_reporter", None)
+        if self._status_line is not None:
+            self._status_line.drop_waiting()
         if reporter is not None:
             try:
                 reporter(line)

@@ -120,7 +120,7 @@ def test_a_failed_task_shows_its_one_line_error(env, luigid, tmp_path):
 ])
 def test_running_task_shows_its_log_as_tracking_url(tmp_path, luigid, postgis_dsn, extra, expected):
     """luigid shows a tracking URL only while a task runs, so the test holds the source table locked and
-    looks at the RUNNING Extract."""
+    looks at the RUNNING Extract; and the phase it waits in."""
     import os
 
     import psycopg
@@ -148,6 +148,13 @@ def test_running_task_shows_its_log_as_tracking_url(tmp_path, luigid, postgis_ds
             running = api(luigid, "task_list", status="RUNNING", upstream_status="", search="")
             time.sleep(0.2)
         assert [t["tracking_url"] for t in running.values() if t["name"] == "Extract"] == [expected]
+        # The phase it is stuck in shows too, once the task's quiet first second is over (status_line.py).
+        deadline, shown = time.monotonic() + 10, []
+        while time.monotonic() < deadline and not shown:
+            running = api(luigid, "task_list", status="RUNNING", upstream_status="", search="")
+            shown = [t["status_message"] for t in running.values() if t["name"] == "Extract" and t.get("status_message")]
+            time.sleep(0.2)
+        assert shown == ["lk__held: extracting from databridge"]
     finally:
         lock.rollback()  # releases the lock: the worker finishes
         lock.close()

@@ -160,7 +160,7 @@ class Bench:
     def __init__(self, workdir: Path):
         self.workdir = workdir
         self.luigid: subprocess.Popen | None = None  # luigid_port() starts one when a contestant needs it
-        self.luigid_url = ""
+        self._luigid_port = 0
         self.src = create_postgis_database("dbl_bench_src")
         self.dest = create_postgis_database("dbl_bench_dest")
         self.carto_db = create_postgis_database("dbl_bench_carto")
@@ -401,13 +401,12 @@ class Bench:
         if self.luigid is None:
             state = self.workdir / "luigid"
             state.mkdir(exist_ok=True)
-            port = free_port()
-            self.luigid = subprocess.Popen([str(BIN / "luigid"), "--address", "127.0.0.1", "--port", str(port), "--state-path",
-                                            str(state / "state.pickle"), "--logdir", str(state)],
+            self._luigid_port = free_port()
+            self.luigid = subprocess.Popen([str(BIN / "luigid"), "--address", "127.0.0.1", "--port", str(self._luigid_port),
+                                            "--state-path", str(state / "state.pickle"), "--logdir", str(state)],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            self.luigid_url = f"http://127.0.0.1:{port}"
-            self._wait_for(f"{self.luigid_url}/api/task_list?data=%7B%7D")
-        return int(self.luigid_url.rsplit(":", 1)[1])
+            self._wait_for(f"http://127.0.0.1:{self._luigid_port}/api/task_list?data=%7B%7D")
+        return self._luigid_port
 
     def many_floor(self, datasets: int, rows: int, tag: str, source: str | None = None) -> Result:
         """The shell loop a data engineer would write: per dataset a psql pipe, then GiST and ANALYZE."""

@@ -127,10 +127,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for note, number in notes.items():
             print(f"[{number}] {note}")
     _report_broken(registry.problems, registry.root)
-    due = [row[0] for row in rows[1:] if "DUE" in row[2] or "due" in row[2]]
-    if getattr(args, "check", False) and due:
-        print(f"\n{len(due)} dataset(s) due and not published yet: {', '.join(due)}")
-    return 1 if notes or registry.problems or (getattr(args, "check", False) and due) else 0
+    unpublished = [row[0] for row in rows[1:] if "DUE" in row[2] or "due" in row[2]] if args.check else []
+    if unpublished:
+        print(f"\n{len(unpublished)} dataset(s) due and not published yet: {', '.join(unpublished)}")
+    return 1 if notes or registry.problems or unpublished else 0
 
 
 def _ago_state(d: Dataset, version: str, state: str, notes: dict[str, int]) -> str:
